@@ -1,0 +1,5 @@
+import sys
+
+from hpcseg.cli import main
+
+sys.exit(main())
