@@ -404,40 +404,47 @@ def _split_path(dotted: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
 
 
-def _set_path(doc: dict, path: tuple, value: Any, origin: str) -> None:
-    """Set doc[path] = value; list items may be picked by index or, for models, by name."""
+def _set_path(doc: dict, path: tuple, value: Any, origin: str) -> tuple:
+    """Set doc[path] = value; list items may be picked by index or, for models, by name.
+
+    Returns the path with names replaced by list indices, which is how validation errors locate fields.
+    """
     cur: Any = doc
+    resolved: list = []
     for i, key in enumerate(path[:-1]):
         nxt_key = path[i + 1]
         if isinstance(cur, list):
-            cur = _list_item(cur, key, path[: i + 1], origin)
+            idx = _list_index(cur, key, path[: i + 1], origin)
+            resolved.append(idx)
+            cur = cur[idx]
             continue
         if not isinstance(cur, dict):
             raise SpecError(f"{origin}: {_dotted(path[:i])} is not a section, cannot set {_dotted(path)}")
         if key not in cur or cur[key] is None:
             cur[key] = [] if isinstance(nxt_key, int) else {}
+        resolved.append(key)
         cur = cur[key]
     last = path[-1]
     if isinstance(cur, list):
-        if isinstance(last, int) and last < len(cur):
-            cur[last] = value
-            return
-        raise SpecError(f"{origin}: {_dotted(path)}: no list item {last!r}")
+        idx = _list_index(cur, last, path, origin)
+        cur[idx] = value
+        return tuple(resolved) + (idx,)
     if not isinstance(cur, dict):
         raise SpecError(f"{origin}: {_dotted(path[:-1])} is not a section, cannot set {_dotted(path)}")
     cur[last] = value
+    return tuple(resolved) + (last,)
 
 
-def _list_item(items: list, key: Any, path: tuple, origin: str) -> Any:
+def _list_index(items: list, key: Any, path: tuple, origin: str) -> int:
     if isinstance(key, int):
         if key < len(items):
-            return items[key]
+            return key
         raise SpecError(f"{origin}: {_dotted(path)}: the list has {len(items)} item(s)")
-    names = [it.get("name") for it in items if isinstance(it, dict)]
-    for it in items:
+    for i, it in enumerate(items):
         if isinstance(it, dict) and it.get("name") == key:
-            return it
-    raise SpecError(f"{origin}: {_dotted(path)}: no item named {key!r}; have {', '.join(map(str, names))}")
+            return i
+    names = [str(it.get("name")) for it in items if isinstance(it, dict)]
+    raise SpecError(f"{origin}: {_dotted(path)}: no item named {key!r}; have {', '.join(names)}")
 
 
 def parse_override(text: str) -> tuple[tuple, Any]:
@@ -461,8 +468,8 @@ def _apply_profile(doc: dict, profile: dict, origin: str, lines: dict, line_of: 
         if isinstance(value, dict) and "." not in str(key) and isinstance(doc.get(key), dict):
             _apply_profile(doc[key], value, origin, lines, line_of, base + (key,))
             continue
-        _set_path(doc, path, copy.deepcopy(value), origin)
-        line_of[base + path] = origin
+        resolved = _set_path(doc, path, copy.deepcopy(value), origin)
+        line_of[base + resolved] = origin
 
 
 # Names users bring from Keras/Lightning configs, mapped to ours so the suggestion is useful.
@@ -568,8 +575,7 @@ def load_job(path: str | Path, profile: str | None = None, overrides: list[str] 
     for text_override in overrides or []:
         key, value = parse_override(text_override)
         origin = f"--set {text_override}"
-        _set_path(doc, key, value, origin)
-        origins[key] = origin
+        origins[_set_path(doc, key, value, origin)] = origin
     try:
         spec = JobSpec.model_validate(doc)
     except ValidationError as exc:
