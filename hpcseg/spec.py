@@ -303,7 +303,8 @@ class JobSpec(Strict):
     workload: WorkloadSpec
     training: TrainingSpec
     resources: ResourcesSpec
-    container: ContainerSpec = Field(default_factory=ContainerSpec)
+    # No container section means a bare run (CPU laptops, local executor); a runtime then needs its image.
+    container: ContainerSpec = Field(default_factory=lambda: ContainerSpec(runtime="none"))
     collection: CollectionSpec = Field(default_factory=CollectionSpec)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

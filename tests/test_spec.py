@@ -231,3 +231,15 @@ def test_every_field_is_documented_or_obvious() -> None:
     from hpcseg.spec import ResourcesSpec
 
     assert ResourcesSpec.model_fields["walltime"].is_required()
+
+
+def test_missing_sections_are_all_reported(tmp_path: Path) -> None:
+    text = "\n".join(problems_of(write(tmp_path, "name: x\n")))
+    for section in ("workload", "training", "resources"):
+        assert f"{section}: required but missing" in text
+    assert "needs an image" not in text
+
+
+def test_no_container_section_means_a_bare_run(tmp_path: Path) -> None:
+    spec = load_job(write(tmp_path, MINIMAL.replace("container: {runtime: none}\n", ""))).spec
+    assert spec.container.runtime == "none"
