@@ -386,8 +386,14 @@ def parse_yaml(text: str, fname: str) -> tuple[dict[str, Any], dict[tuple, int]]
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{fname}:{mark.line + 1}" if mark else fname
+        context_mark = getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if context_mark is not None and getattr(exc, "context", None):
+            # An unclosed bracket or quote is reported at the end of the file; where it opened is more useful.
+            problem = f"{exc.context} that starts here: {problem}"
+            mark = context_mark
+        last_line = len(text.rstrip().splitlines()) or 1  # errors at end of stream point past the text
+        where = f"{fname}:{min(mark.line + 1, last_line)}" if mark else fname
         raise SpecError(f"{where}: malformed YAML: {problem}; fix the syntax there") from None
     if data is None:
         raise SpecError(f"{fname}: the file is empty; a job needs name, workload, training and resources")
