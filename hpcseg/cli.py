@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=10.0, help="seconds between refreshes with --watch")
     p.add_argument("--json", action="store_true")
     p.add_argument("--runs-dir")
+    p.add_argument("--last", type=int, default=20, metavar="N",
+                   help="with no RUN: how many recent runs to show (0: all)")
 
     p = sub.add_parser("cancel", help="cancel a run, or one task of it")
     p.add_argument("run")
@@ -112,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="generate synthetic datasets for tests and demos")
     p.add_argument("kind", choices=["microbeads", "hyperspectral", "marida", "ham10000"])
     p.add_argument("out")
-    p.add_argument("--n", type=int, default=73)
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--n", type=int, help="images (cores for hyperspectral); default 73 for microbeads")
+    p.add_argument("--size", type=int, help="image side in pixels; default 256 for microbeads")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("demo", help="synthesise data, run both microbead jobs, follow them and compare")
