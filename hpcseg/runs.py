@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import secrets
 import socket
 import subprocess
 import time
@@ -86,8 +87,9 @@ def new_run_dir(job_dir: Path) -> tuple[str, Path]:
     """A fresh, never-before-used run folder; the id is UTC time plus a counter on collision."""
     job_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        run_id = stamp if n == 0 else f"{stamp}-{n:03d}"
+    for _ in range(1000):
+        # The random suffix keeps ids unique across jobs too, so a bare run id is never ambiguous.
+        run_id = f"{stamp}-{secrets.token_hex(2)}"
         path = job_dir / run_id
         try:
             path.mkdir()

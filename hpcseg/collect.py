@@ -1,0 +1,473 @@
+"""``hpcseg collect``: one answer after the jobs end: which model is best, by how much, better than last time?
+
+Reads every task's files (never the scheduler, which may have forgotten the job), and writes into the run
+folder ``training_summary.csv`` (one row per model and fold), ``cv_results.json`` (statistics over folds),
+``comparison.md`` (against a baseline) and ``plots/``. Unfinished tasks are rows with their status, not
+errors, so collect can run at any time; every write is atomic and nothing in the CSV/JSON/MD depends on
+the clock, so running it twice gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcseg.compare import (
+    ABS_TOL,
+    REL_TOL,
+    BaselineRef,
+    ModelResult,
+    aggregate,
+    collapsed_from_endpoints,
+    compare_results,
+    detect_collapse,
+    detect_divergence,
+    fmt_diff,
+    fmt_ratio,
+    fmt_value,
+    headline,
+    resolve_baseline,
+)
+from hpcseg.errors import EXIT_FAILED, HpcsegError
+from hpcseg.fsutil import write_text_atomic
+from hpcseg.history import (
+    RESULT_STATUSES,
+    History,
+    keras_model_name,
+    read_history,
+    read_keras_history,
+    read_summary,
+    read_task_status,
+)
+from hpcseg.plots import default_file_mode
+from hpcseg.runs import Run, find_run, runs_root
+from hpcseg.spec import Task
+
+SUMMARY_CSV = "training_summary.csv"
+CV_JSON = "cv_results.json"
+COMPARISON_MD = "comparison.md"
+PLOTS_DIR = "plots"
+STD_DDOF = 1  # sample standard deviation over folds: the folds are a sample of possible splits
+
+
+@dataclass
+class TaskResult:
+    """One model × fold, as read from its folder."""
+
+    index: int
+    model: str
+    fold: int
+    status: str
+    reason: str | None = None
+    exit_code: int | None = None
+    best_epoch: int | None = None
+    best: float | None = None
+    final: float | None = None
+    epochs_run: int = 0
+    train_time_s: float | None = None
+    flags: list[str] = field(default_factory=list)
+    history: History | None = None  # kept in memory for the plots; never serialised
+
+    def row(self, metric: str) -> dict[str, Any]:
+        """The JSON form (NaN and inf become None, as JSON has neither)."""
+        return {
+            "model": self.model, "fold": self.fold, "index": self.index, "status": self.status,
+            "best_epoch": self.best_epoch, f"best_{metric}": _json_num(self.best),
+            f"final_{metric}": _json_num(self.final), "epochs_run": self.epochs_run,
+            "train_time": _json_num(self.train_time_s), "train_time_human": human_duration(self.train_time_s),
+            "flags": list(self.flags), "reason": self.reason, "exit_code": self.exit_code,
+        }
+
+
+def _json_num(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def human_duration(seconds: float | None) -> str:
+    """45s, 12.5m, 2.3h: the seed's ``train_time`` column."""
+    if seconds is None or not math.isfinite(seconds):
+        return ""
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+# --------------------------------------------------------------------------------------------- per task
+
+
+def best_index(values: np.ndarray, mode: str) -> int | None:
+    """Index of the best finite value (the first, on ties: the epoch the best checkpoint was saved)."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return None
+    if mode == "min":
+        return int(np.argmin(np.where(finite, values, np.inf)))
+    return int(np.argmax(np.where(finite, values, -np.inf)))
+
+
+def summarize_history(h: History, metric: str, mode: str, exit_code: int | None = None
+                      ) -> tuple[dict[str, Any], list[str]]:
+    """Best/final metric, epochs, time and flags of one history (ours or a Keras one)."""
+    out: dict[str, Any] = {"best_epoch": None, "best": None, "final": None, "epochs_run": len(h),
+                           "train_time_s": None, "flags": []}
+    warnings: list[str] = []
+    secs = h.column("epoch_seconds")
+    if secs is not None and len(h):
+        out["train_time_s"] = float(np.nansum(secs))
+    diverged = detect_divergence(h.column("train_loss"), h.column("val_loss"), exit_code=exit_code)
+    values = h.column(metric)
+    if values is None:
+        if len(h):
+            warnings.append(f"{h.path}: no {metric} column (has: {', '.join(h.columns)})")
+    elif len(h):
+        i = best_index(values, mode)
+        if i is not None:
+            out["best_epoch"] = int(h.epochs[i])
+            out["best"] = float(values[i])
+        out["final"] = float(values[-1])
+        if detect_collapse(values, mode):
+            out["flags"].append("collapsed")
+    if diverged:
+        out["flags"].append("diverged")
+    return out, warnings
+
+
+def summarize_task(run: Run, task: Task, metric: str, mode: str) -> tuple[TaskResult, list[str]]:
+    """Status from the exit_code/result.json files, numbers from history.csv; nothing here raises."""
+    d = run.task_dir(task)
+    hist_path = d / "history.csv"
+    h: History | None = None
+    warnings: list[str] = []
+    if hist_path.is_file():
+        h = read_history(hist_path, label=f"{task.relpath}/history.csv")
+        warnings += h.warnings
+    status, reason, code = read_task_status(d, has_history=h is not None)
+    t = TaskResult(task.index, task.model, task.fold, status, reason=reason, exit_code=code, history=h)
+    if h is not None:
+        h.path = Path(f"{task.relpath}/history.csv")  # short, run-relative name in messages
+        vals, w = summarize_history(h, metric, mode, exit_code=code)
+        warnings += w
+        for k, v in vals.items():
+            setattr(t, k, v)
+    elif code == 4:
+        t.flags.append("diverged")
+    return t, warnings
+
+
+def summarize_run(run: Run, metric: str, mode: str) -> tuple[list[TaskResult], list[str]]:
+    """Every task of the run, in array-index order (models in spec order, folds ascending)."""
+    results, warnings = [], []
+    for task in sorted(run.tasks, key=lambda t: t.index):
+        r, w = summarize_task(run, task, metric, mode)
+        results.append(r)
+        warnings += w
+    return results, warnings
+
+
+def model_order(tasks: list[TaskResult]) -> list[str]:
+    return list(dict.fromkeys(t.model for t in tasks))
+
+
+def model_results(tasks: list[TaskResult]) -> list[ModelResult]:
+    """Per model, over the folds whose training ended with a result (completed or diverged)."""
+    out = []
+    for model in model_order(tasks):
+        done = [t for t in tasks if t.model == model and t.status in RESULT_STATUSES]
+        m = aggregate(model, [t.best for t in done], [t.final for t in done],
+                      ["collapsed" in t.flags for t in done], ["diverged" in t.flags for t in done])
+        m.folds = [t.best if t.status in RESULT_STATUSES else None for t in tasks if t.model == model]
+        out.append(m)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+def _num(v: float | None) -> str:
+    """Shortest exact text of a float (history values come back exactly as written); empty for none."""
+    if v is None:
+        return ""
+    return repr(float(v)) if math.isfinite(v) else str(float(v))
+
+
+def summary_csv(tasks: list[TaskResult], metric: str) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["model", "fold", "status", "best_epoch", f"best_{metric}", f"final_{metric}", "epochs_run",
+                "train_time", "train_time_human", "flags", "reason"])
+    for t in tasks:
+        w.writerow([t.model, t.fold, t.status, "" if t.best_epoch is None else t.best_epoch, _num(t.best),
+                    _num(t.final), t.epochs_run,
+                    "" if t.train_time_s is None else f"{t.train_time_s:.1f}", human_duration(t.train_time_s),
+                    ";".join(t.flags), " ".join((t.reason or "").split())])
+    return buf.getvalue()
+
+
+def cv_results(run: Run, tasks: list[TaskResult], results: list[ModelResult], metric: str, mode: str
+               ) -> dict[str, Any]:
+    models: dict[str, Any] = {}
+    for m in results:
+        own = [t for t in tasks if t.model == m.model]
+        vals = [v for v in m.folds if v is not None]
+        models[m.model] = {
+            "mean": m.best, "std": m.std,
+            "min": min(vals) if vals else None, "max": max(vals) if vals else None,
+            "n_folds": m.n_folds, "n_tasks": len(own),
+            "folds": [_json_num(v) for v in m.folds],
+            "final_mean": m.final,
+            "collapsed_folds": m.collapsed, "diverged_folds": m.diverged,
+            "statuses": dict(sorted(Counter(t.status for t in own).items())),
+        }
+    ranked = [m for m in results if m.best is not None]
+    best = None
+    if ranked:
+        best = (min if mode == "min" else max)(ranked, key=lambda m: m.best)  # first wins a tie
+    return {
+        "run_id": run.run_id, "job": run.job, "metric": metric, "mode": mode,
+        "statistic": f"per fold: the best {metric} over epochs; over folds: mean, std, min, max of those",
+        "std_ddof": STD_DDOF,
+        "folds_counted": "tasks that ended with a training result (status completed or diverged)",
+        "models": models,
+        "best_model": best.model if best else None,
+        "best_value": best.best if best else None,
+    }
+
+
+def comparison_md(run: Run, metric: str, mode: str, baseline: BaselineRef | None, comp: dict[str, Any] | None,
+                  line: str | None, note: str | None) -> str:
+    label = f"{run.dir.parent.name}/{run.run_id}"
+    if baseline is None or comp is None:
+        return f"# Comparison: {label}\n\nNo baseline: {note or 'none given'}.\n"
+    better = "higher" if mode != "min" else "lower"
+    out = [
+        f"# Comparison: {label} vs {baseline.label}",
+        "",
+        f"Metric: `{metric}` ({better} is better). Per model: the mean over finished folds of each fold's best "
+        f"epoch (best) and last epoch (final). Unchanged: |difference| < {ABS_TOL} or < {REL_TOL:.0%} of the "
+        f"baseline. Ratio: how many times better than the baseline.",
+        "",
+    ]
+    if line:
+        out += [f"**{line}**", ""]
+    out += ["| model | baseline best | baseline final | best | final | ratio | difference | verdict |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in comp["rows"]:
+        bfinal = fmt_value(r["baseline_final"]) + (" (collapsed)" if r["baseline_collapsed"] else "")
+        final = fmt_value(r["final"]) + (" (collapsed)" if r["collapsed"] else "") + \
+            (" (diverged)" if r["diverged"] else "")
+        best = fmt_value(r["best"]) + (f" ± {fmt_value(r['std'])}" if r["std"] is not None else "")
+        out.append(f"| {r['model']} | {fmt_value(r['baseline_best'])} | {bfinal} | {best} | {final} | "
+                   f"{fmt_ratio(r['ratio'])} | {fmt_diff(r['diff'])} | {r['verdict']} |")
+    if comp["only_in_run"]:
+        out += ["", f"Only in this run (no baseline to compare): {', '.join(comp['only_in_run'])}"]
+    if comp["only_in_baseline"]:
+        out += ["", f"Only in the baseline: {', '.join(comp['only_in_baseline'])}"]
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- baselines
+
+
+def load_baseline(ref: BaselineRef, metric: str, mode: str) -> tuple[list[ModelResult], list[str]]:
+    """The baseline's per-model results, the same way ours are computed, whatever it was stored as."""
+    if ref.kind == "run":
+        assert ref.run is not None
+        tasks, warnings = summarize_run(ref.run, metric, mode)
+        warnings = [f"baseline {ref.label}: {w}" for w in warnings]
+        results = [m for m in model_results(tasks) if m.n_folds]
+        return results, warnings
+    if ref.kind == "keras":
+        results, warnings = [], []
+        for f in ref.files:
+            h = read_keras_history(f)
+            warnings += h.warnings
+            s, w = summarize_history(h, metric, mode)
+            warnings += w
+            results.append(aggregate(keras_model_name(f), [s["best"]], [s["final"]],
+                                     ["collapsed" in s["flags"]], ["diverged" in s["flags"]]))
+        return results, warnings
+    rows, warnings = read_summary(ref.files[0], metric)
+    results = []
+    for model in dict.fromkeys(r.model for r in rows):
+        own = [r for r in rows if r.model == model and r.status in RESULT_STATUSES]
+        collapsed = [("collapsed" in r.flags) if r.flags is not None
+                     else collapsed_from_endpoints(r.best, r.final, mode) for r in own]
+        diverged = [r.flags is not None and "diverged" in r.flags for r in own]
+        results.append(aggregate(model, [r.best for r in own], [r.final for r in own], collapsed, diverged))
+    return results, warnings
+
+
+def collection_settings(run: Run) -> tuple[str, str, str | None]:
+    """(metric, mode, baseline) from the manifest's recorded spec, read as plain data: a run recorded by an
+    older hpcseg whose spec no longer validates can still be collected."""
+    spec = run.manifest.get("spec") or {}
+    coll = spec.get("collection") or {} if isinstance(spec, dict) else {}
+    mode = coll.get("mode") if coll.get("mode") in ("max", "min") else "max"
+    return str(coll.get("metric") or "val_jaccard"), mode, coll.get("baseline") or None
+
+
+def _baseline(run: Run, against: str | None, root: Path) -> tuple[BaselineRef | None, str | None, list[str]]:
+    """Resolve --against (errors are the user's to fix) or the spec's / previous run (missing: a note)."""
+    if against:
+        ref = resolve_baseline(against, run, root)
+        return ref, (None if ref else f"no earlier finished run of {run.job}"), []
+    wanted = collection_settings(run)[2]
+    if wanted:
+        try:
+            ref = resolve_baseline(wanted, run, root)
+        except HpcsegError as exc:
+            return None, f"the job's collection.baseline: {exc.message}", [exc.message]
+        return ref, (None if ref else f"no earlier finished run of {run.job}"), []
+    ref = resolve_baseline("previous", run, root)
+    return ref, (None if ref else f"no earlier finished run of {run.job}"), []
+
+
+# --------------------------------------------------------------------------------------------- entry points
+
+
+def collect_run(run: Run, against: str | None = None, *, plots: bool = True, root: Path | None = None
+                ) -> dict[str, Any]:
+    """Collect one run: write summary, CV statistics, comparison and plots into its folder; return them all.
+
+    ``against``: ``previous``, a run id, run folder, job name or a folder of earlier histories; None uses
+    the job's ``collection.baseline``, else the previous run (silently nothing when there is none).
+    ``root``: the runs registry for baseline look-ups (default: the one the run lives in).
+    Raises HpcsegError only for an ``against`` that names nothing readable.
+    """
+    metric, mode, _ = collection_settings(run)
+    root = Path(root) if root else run.dir.parent.parent
+    tasks, warnings = summarize_run(run, metric, mode)
+    results = model_results(tasks)
+    cv = cv_results(run, tasks, results, metric, mode)
+
+    ref, note, w = _baseline(run, against, root)
+    warnings += w
+    comp, line = None, None
+    if ref is not None:
+        base, w = load_baseline(ref, metric, mode)
+        warnings += w
+        if not any(b.best is not None for b in base):
+            warnings.append(f"baseline {ref.label}: no {metric} values in it")
+        comp = compare_results(results, base, mode)
+        line = _headline(comp, cv["best_model"])
+
+    files = {"summary": run.dir / SUMMARY_CSV, "cv": run.dir / CV_JSON, "comparison": run.dir / COMPARISON_MD}
+    try:
+        mode_bits = default_file_mode()
+        write_text_atomic(files["summary"], summary_csv(tasks, metric), mode=mode_bits)
+        write_text_atomic(files["cv"], json.dumps(cv, indent=2) + "\n", mode=mode_bits)
+        write_text_atomic(files["comparison"], comparison_md(run, metric, mode, ref, comp, line, note),
+                          mode=mode_bits)
+        plot_files: list[Path] = []
+        if plots:
+            from hpcseg.plots import write_plots
+
+            plot_files = write_plots(run.dir / PLOTS_DIR, tasks, results, comp, metric, mode,
+                                     baseline_label=ref.label if ref else None)
+    except PermissionError as exc:
+        raise HpcsegError(f"{run.dir}: cannot write the results ({exc.strerror})", exit_code=EXIT_FAILED) from None
+    return {
+        "run_id": run.run_id, "job": run.job, "run_dir": str(run.dir), "metric": metric, "mode": mode,
+        "summary": [t.row(metric) for t in tasks],
+        "cv": cv,
+        "baseline": None if ref is None else {"kind": ref.kind, "label": ref.label},
+        "baseline_note": note,
+        "comparison": comp,
+        "headline": line,
+        "warnings": warnings,
+        "files": {**{k: str(v) for k, v in files.items()}, "plots": [str(p) for p in plot_files]},
+    }
+
+
+def _headline(comp: dict[str, Any], best_model: str | None) -> str | None:
+    """The seed's line for the best model; if it has no baseline, for the best model that has one."""
+    rows = [r for r in comp["rows"] if r["best"] is not None]
+    if not rows:
+        return None
+    pick = next((r for r in rows if r["model"] == best_model), None)
+    return headline(pick or rows[0])
+
+
+def print_report(result: dict[str, Any], console: Any = None, max_task_rows: int = 40) -> None:
+    """The tables a person reads: tasks (or per-model CV when there are many), comparison, the headline."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped or logged: do not squeeze the tables into 80 columns
+            console = Console(width=140)
+    metric, cv = result["metric"], result["cv"]
+    tasks = result["summary"]
+    if len(tasks) <= max_task_rows:
+        t = Table(title=f"{result['job']} / {result['run_id']}: {len(tasks)} task(s)")
+        for c in ("model", "fold", "status", "best epoch", f"best {metric}", f"final {metric}", "epochs",
+                  "time", "flags"):
+            t.add_column(c, justify="right" if c not in ("model", "status", "flags") else "left")
+        for r in tasks:
+            t.add_row(r["model"], str(r["fold"]), r["status"], str(r["best_epoch"] or "—"),
+                      fmt_value(r[f"best_{metric}"]), fmt_value(r[f"final_{metric}"]), str(r["epochs_run"]),
+                      r["train_time_human"] or "—", ",".join(r["flags"]) or (r["reason"] or "")[:40])
+        console.print(t)
+    t = Table(title=f"cross-validated best {metric} (std ddof={cv['std_ddof']})")
+    for c in ("model", "mean", "std", "min", "max", "folds", "statuses"):
+        t.add_column(c)
+    for name, m in cv["models"].items():
+        star = " *" if name == cv["best_model"] else ""
+        t.add_row(name + star, fmt_value(m["mean"]), fmt_value(m["std"]), fmt_value(m["min"]),
+                  fmt_value(m["max"]), f"{m['n_folds']}/{m['n_tasks']}",
+                  ", ".join(f"{k} {v}" for k, v in m["statuses"].items()))
+    console.print(t)
+    comp = result["comparison"]
+    if comp is None:
+        console.print(f"no baseline: {result['baseline_note'] or 'none'}")
+    else:
+        t = Table(title=f"vs {result['baseline']['label']}")
+        for c in ("model", "baseline best", "baseline final", "best", "final", "ratio", "diff", "verdict"):
+            t.add_column(c)
+        for r in comp["rows"]:
+            t.add_row(r["model"], fmt_value(r["baseline_best"]),
+                      fmt_value(r["baseline_final"]) + (" (collapsed)" if r["baseline_collapsed"] else ""),
+                      fmt_value(r["best"]), fmt_value(r["final"]), fmt_ratio(r["ratio"]), fmt_diff(r["diff"]),
+                      r["verdict"])
+        console.print(t)
+        if comp["only_in_run"]:
+            console.print(f"only in this run: {', '.join(comp['only_in_run'])}")
+        if comp["only_in_baseline"]:
+            console.print(f"only in the baseline: {', '.join(comp['only_in_baseline'])}")
+        if result["headline"]:
+            console.print(f"[bold]{result['headline']}[/bold]")
+    if cv["best_model"]:
+        console.print(f"best model: [bold]{cv['best_model']}[/bold] ({metric} {fmt_value(cv['best_value'])})")
+    console.print(f"wrote {result['files']['summary']}, {CV_JSON}, {COMPARISON_MD}"
+                  + (f", {len(result['files']['plots'])} plot(s)" if result["files"]["plots"] else ""))
+
+
+def cli_collect(args: argparse.Namespace) -> int:
+    """``hpcseg collect RUN [--against ...] [--json]``: 0 when collected (even with failed tasks), 2 for bad input."""
+    root = runs_root(getattr(args, "runs_dir", None))
+    run = find_run(args.run, root)
+    result = collect_run(run, getattr(args, "against", None),
+                         root=root if getattr(args, "runs_dir", None) else None)
+    for w in result["warnings"][:20]:
+        print(f"hpcseg collect: warning: {w}", file=sys.stderr)
+    if len(result["warnings"]) > 20:
+        print(f"hpcseg collect: ... and {len(result['warnings']) - 20} more warning(s)", file=sys.stderr)
+    if getattr(args, "json", False):
+        out = {k: v for k, v in result.items() if k != "warnings"} | {"warnings": result["warnings"]}
+        print(json.dumps(out, indent=2))
+    else:
+        print_report(result)
+    return 0
