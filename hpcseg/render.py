@@ -254,7 +254,9 @@ def _pbs_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
         nodes = f"nodes=1:ppn={r.cpus}" + (f":gpus={r.gpus}" if r.gpus else "")
         resources = f"{nodes},mem={_mem_pbs(total_mb)}"
         array = _ranges(indices) + (f"%{r.array_parallelism}" if r.array_parallelism else "")
-        out, err = "logs/", "logs/"
+        # A file, not the logs/ folder: Torque appends -<index> per array element itself, and Slurm's
+        # Torque emulation fails every task whose -o names a directory.
+        out, err = f"logs/{name}.out", f"logs/{name}.err"
     else:
         select = _check(p.select, "select", "resources.pbs.select")
         if select:

@@ -423,7 +423,8 @@ def test_torque_flavor(tmp_path):
     spec = load("microbead_optimized", "resources.pbs.flavor=torque", "resources.memory=1500M")
     d = directive_lines(render_script(spec, "pbs", tmp_path))
     assert "#PBS -l nodes=1:ppn=36:gpus=1,mem=1500mb" in d
-    assert "#PBS -t 0-2" in d and "#PBS -o logs/" in d and "#PBS -e logs/" in d
+    assert "#PBS -t 0-2" in d
+    assert "#PBS -o logs/microbead_optim.out" in d and "#PBS -e logs/microbead_optim.err" in d
     assert not any(ln.startswith("#PBS -J") or "select=" in ln for ln in d)
 
 

@@ -1,0 +1,84 @@
+"""Shared pytest fixtures for hpcseg's tests."""
+
+# --------------------------------------------------------------------------------------- slurm_cluster
+# The local Slurm cluster of scripts/local-slurm.sh (see docs/local-slurm.md). scripts/run-tests.sh starts it
+# and exports HPCSEG_SLURM=1, or HPCSEG_SLURM_SKIP_REASON when it could not. Tests marked `slurm` get the
+# fixture automatically: they skip when the cluster is unavailable, except under CI=true where they fail.
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+_REPO = Path(__file__).resolve().parents[1]
+_LOCAL_SLURM = _REPO / "scripts" / "local-slurm.sh"
+_USABLE = ("idle", "mix", "alloc", "comp")
+
+
+@dataclass(frozen=True)
+class SlurmCluster:
+    """What tests need to know about the running cluster."""
+
+    nodes: tuple          # ("node1", "node2", "node3")
+    partition: str        # the default partition ("gpu")
+    partitions: tuple     # every partition ("gpu", "debug")
+    script: Path = _LOCAL_SLURM
+
+    def ctl(self, verb, *args, timeout=120):
+        """Run scripts/local-slurm.sh VERB (stop-ctld, start-ctld, restart-slurmd ...); fail the test on error."""
+        proc = subprocess.run(["bash", str(self.script), verb, *args], capture_output=True, text=True,
+                              timeout=timeout)
+        if proc.returncode != 0:
+            pytest.fail(f"local-slurm.sh {verb} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        return proc.stdout
+
+
+def _probe_slurm():
+    """(cluster, None) when sinfo answers with usable nodes, else (None, reason)."""
+    if shutil.which("sinfo") is None:
+        return None, "sinfo is not on PATH (scripts/local-slurm.sh up installs and starts Slurm)"
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%N|%P|%t"], capture_output=True, text=True,
+                              timeout=20)
+    except subprocess.TimeoutExpired:
+        return None, "sinfo did not answer within 20 s"
+    if proc.returncode != 0:
+        return None, f"sinfo failed: {(proc.stderr or proc.stdout).strip()[:300]}"
+    nodes, partitions, default = [], [], None
+    for line in proc.stdout.split():
+        node, part, state = line.split("|")
+        if part.endswith("*"):
+            part = default = part[:-1]
+        if part not in partitions:
+            partitions.append(part)
+        if state.rstrip("*~#!%$@^-") in _USABLE and not state.endswith("*") and node not in nodes:
+            nodes.append(node)
+    if not nodes:
+        return None, f"sinfo shows no usable node:\n{proc.stdout.strip()}"
+    return SlurmCluster(nodes=tuple(sorted(nodes)), partition=default or partitions[0],
+                        partitions=tuple(partitions)), None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    cluster, reason = _probe_slurm()
+    if cluster is None:
+        told = os.environ.get("HPCSEG_SLURM_SKIP_REASON")
+        if os.environ.get("HPCSEG_SLURM") == "1":
+            reason = f"HPCSEG_SLURM=1 but the cluster does not answer: {reason}"
+        elif told:
+            reason = f"{told} ({reason})"
+        reason = f"local Slurm cluster unavailable: {reason}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    yield cluster
+
+
+@pytest.fixture(autouse=True)
+def _slurm_marker_needs_cluster(request):
+    """Every test marked `slurm` gets (and so skips or fails on) the slurm_cluster fixture."""
+    if request.node.get_closest_marker("slurm") is not None:
+        request.getfixturevalue("slurm_cluster")
