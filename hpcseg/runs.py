@@ -17,11 +17,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcseg.errors import HpcsegError
 from hpcseg.fsutil import read_json, write_json_atomic
-from hpcseg.spec import JobSpec, LoadedJob, Task
+
+if TYPE_CHECKING:  # imported lazily: `hpcseg status` reads manifests as JSON and need not build the schema
+    from hpcseg.spec import JobSpec, LoadedJob, Task
 
 MANIFEST = "manifest.json"
 
@@ -62,10 +64,14 @@ class Run:
 
     @property
     def spec(self) -> JobSpec:
+        from hpcseg.spec import JobSpec
+
         return JobSpec.model_validate(self.manifest["spec"])
 
     @property
     def tasks(self) -> list[Task]:
+        from hpcseg.spec import Task
+
         return [Task(t["index"], t["model"], t["fold"]) for t in self.manifest["tasks"]]
 
     def task_dir(self, task: Task | int) -> Path:

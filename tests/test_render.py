@@ -261,14 +261,26 @@ def _start_waiting(tmp_path: Path, scheduler: str, **env_extra: str) -> tuple[su
 
 def test_usr1_is_forwarded_and_slurm_requeues_without_exit_code(tmp_path):
     proc, task_dir = _start_waiting(tmp_path, "slurm", SLURM_ARRAY_TASK_ID="1", SLURM_JOB_ID="4242",
-                                    SLURM_RESTART_COUNT="1")
+                                    SLURM_ARRAY_JOB_ID="4240", SLURM_RESTART_COUNT="1")
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 75, err
-    assert read_argv(tmp_path / "scontrol.bin") == ["requeue", "4242"]
+    # Only this element: requeueing SLURM_JOB_ID could be the whole array's id.
+    assert read_argv(tmp_path / "scontrol.bin") == ["requeue", "4240_1"]
     assert not (task_dir / "exit_code").exists()
     events = (task_dir / "events.log").read_text()
-    assert "requeueing job 4242 (restart 2 of 3)" in events
+    assert "requeueing 4240_1 (restart 2 of 3)" in events
+
+
+def test_slurm_term_is_never_requeued(tmp_path):
+    """TERM is a cancel (which must not come back) or a preemption (Slurm requeues those itself)."""
+    proc, task_dir = _start_waiting(tmp_path, "slurm", SLURM_ARRAY_TASK_ID="1", SLURM_JOB_ID="4242",
+                                    SLURM_ARRAY_JOB_ID="4240", SLURM_RESTART_COUNT="0")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 75
+    assert not (tmp_path / "scontrol.bin").exists()
+    assert (task_dir / "exit_code").read_text() == "75\n"
 
 
 def test_requeue_limit_reached_writes_exit_code_75(tmp_path):

@@ -1,0 +1,114 @@
+"""The scheduler interface: submit a run as one array job, poll many jobs in one call, cancel, find logs.
+
+After psij-python: a backend is a handful of hooks, not a framework. Everything a backend does not
+need to know (rendering, containers, splits, the manifest) stays in ``hpcseg.submit``; everything the
+run files already know (exit_code, history) stays in ``hpcseg.status``, which trusts those files over
+the scheduler, because schedulers forget finished jobs and accounting may be off.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from hpcseg.errors import SchedulerError
+
+# The normalised states every backend maps its own vocabulary onto.
+STATES = ("pending", "running", "completed", "failed", "cancelled", "timeout", "preempted", "requeued", "unknown")
+ENDED = frozenset({"completed", "failed", "cancelled", "timeout"})
+TIMEOUT_S = float(os.environ.get("HPCSEG_SCHEDULER_TIMEOUT", "10"))
+# Scheduler commands run by this process, per command name: status's one-call promise is tested on it.
+CALLS: Counter[str] = Counter()
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One job or array element as the scheduler sees it; ``native`` keeps the scheduler's own word."""
+
+    state: str
+    native: str = ""
+    node: str = ""
+    elapsed_s: float | None = None
+    exit_code: str = ""
+    array_level: bool = False  # the whole array's record, when the scheduler cannot show elements
+
+
+@dataclass
+class Submission:
+    """What ``submit`` returns: ids to poll/cancel, and the id each task will be reported under."""
+
+    job_ids: list[str]
+    task_ids: dict[int, str]
+    collect_id: str | None = None
+    logs: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Scheduler(ABC):
+    """A backend. ``poll`` must make at most ONE scheduler call however many ids it is given."""
+
+    name: ClassVar[str]
+    script: ClassVar[str | None]  # "slurm" | "pbs": which script render_script writes; None: none
+
+    @abstractmethod
+    def submit(self, run_dir: Path, script: Path | None, *, then_collect: bool = False,
+               max_parallel: int | None = None) -> Submission:
+        """Submit every task of the run as one array job; raise SchedulerError with the scheduler's words."""
+
+    @abstractmethod
+    def poll(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        """States of all array elements of ``job_ids``, keyed as ``Submission.task_ids`` names them."""
+
+    @abstractmethod
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """Cancel jobs or single elements (ids as in ``task_ids``)."""
+
+    def log_paths(self, run_dir: Path, index: int, task_id: str | None) -> list[Path]:
+        """The scheduler's stdout/stderr files of one task (existing ones first)."""
+        logs = run_dir / "logs"
+        found = sorted(p for p in logs.glob(f"*_{index}.*") if p.is_file()) if logs.is_dir() else []
+        return found
+
+    def run_cmd(self, argv: list[str], *, cwd: Path | None = None, timeout: float = TIMEOUT_S,
+                what: str = "") -> subprocess.CompletedProcess[str]:
+        """Run one scheduler command; a missing binary or a timeout becomes a one-line SchedulerError."""
+        CALLS[Path(argv[0]).name] += 1
+        try:
+            return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise SchedulerError(f"{argv[0]}: command not found; is {self.name} installed here?") from None
+        except subprocess.TimeoutExpired:
+            raise SchedulerError(f"{what or argv[0]}: no answer from {self.name} within {timeout:.0f} s "
+                                 f"(is the controller down?)") from None
+
+
+def one_line(text: str) -> str:
+    """A scheduler's message as one line (first non-empty lines joined), for stderr and the manifest."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return " | ".join(lines[:3])[:500] or "(no message)"
+
+
+def hms_seconds(text: str) -> float | None:
+    """Slurm/PBS durations ``[D-]HH:MM:SS`` or ``MM:SS`` to seconds."""
+    text = text.strip()
+    if not text or text in ("INVALID", "UNLIMITED", "--"):
+        return None
+    days = 0
+    if "-" in text:
+        d, _, text = text.partition("-")
+        days = int(d) if d.isdigit() else 0
+    try:
+        parts = [float(p) for p in text.split(":")]
+    except ValueError:
+        return None
+    secs = 0.0
+    for p in parts:
+        secs = secs * 60 + p
+    return days * 86400 + secs

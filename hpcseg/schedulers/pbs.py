@@ -1,0 +1,169 @@
+"""PBS Pro / Torque through ``qsub`` of our rendered script; states from ONE ``qstat -f`` for all ids.
+
+Hooks: submit = ``qsub job.pbs`` in the run folder; id = its output (``123[].server`` on PBS Pro and
+Torque, a bare ``123`` from Slurm's Torque wrapper); status = ``qstat -f`` with every id (PBS Pro adds
+``-x -t``: finished jobs and array subjobs; Torque ``-t``); parser = ``Job Id:`` blocks of ``key = value``.
+
+Slurm's Torque wrapper (``qstat`` is a Perl script over Slurm) shows array elements under internal job
+ids it does not map back to indices, so there the array's own record is reported at array level and
+status refines it per task from the task's files (started or not, exit_code).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from hpcseg.errors import SchedulerError
+from hpcseg.fsutil import read_json, write_text_atomic
+from hpcseg.schedulers.base import JobState, Scheduler, Submission, hms_seconds, one_line
+
+# job_state letters; F/X/C (ended) are refined by the exit status when there is one.
+STATE_MAP = {"Q": "pending", "H": "pending", "W": "pending", "T": "pending", "M": "pending",
+             "R": "running", "E": "running", "B": "running", "S": "running", "U": "running",
+             "F": "completed", "X": "completed", "C": "completed"}
+_BLOCK = re.compile(r"^Job Id:\s*(\S+)\s*$")
+_ARRAY = re.compile(r"^(\d+)\[\]((?:\.\S+)?)$")  # 123[] or 123[].server
+NO_SUCH = ("unknown job id", "job has finished", "unknown queue destination")
+
+
+def qstat_flavor() -> str:
+    """"slurm" when qstat is Slurm's Torque wrapper (read from the file: no scheduler call), else "pbs"."""
+    path = shutil.which("qstat")
+    try:
+        head = Path(path).read_bytes()[:4096].decode("latin-1") if path else ""
+    except OSError:
+        head = ""
+    return "slurm" if "slurm" in head.lower() else "pbs"
+
+
+def _ended(code: str) -> str:
+    """PBS exit status: 0 ok; >256 killed by signal 256+N (qdel); -29/-11 walltime; else failed."""
+    try:
+        n = int(code)
+    except ValueError:
+        return "completed"  # no exit status given: ended, outcome left to the exit_code file
+    if n == 0:
+        return "completed"
+    if n in (-11, -29):
+        return "timeout"
+    if n > 256:
+        return "cancelled"
+    return "failed"
+
+
+def parse_qstat(text: str, array_level: Sequence[str] = ()) -> dict[str, JobState]:
+    """``qstat -f`` blocks to states; ids in ``array_level`` are arrays shown only as one record."""
+    out: dict[str, JobState] = {}
+    blocks: list[tuple[str, dict[str, str]]] = []
+    key = ""
+    for line in text.splitlines():
+        m = _BLOCK.match(line.strip()) if line.startswith("Job Id") else None
+        if m:
+            blocks.append((m.group(1), {}))
+            key = ""
+        elif blocks and " = " in line:
+            key, _, value = line.strip().partition(" = ")
+            blocks[-1][1][key] = value
+        elif blocks and key and line.startswith("\t") and line.strip():
+            blocks[-1][1][key] += line.strip()  # PBS Pro wraps long values onto tab-indented lines
+    for jid, f in blocks:
+        letter = f.get("job_state", "?")
+        code = f.get("Exit_status", f.get("exit_status", ""))
+        state = STATE_MAP.get(letter, "unknown")
+        if letter in "FXC" and code:
+            state = _ended(code)
+        elif letter == "C" and not code:
+            state = "unknown"  # the wrapper's C: ended, but not how; the exit_code file tells
+        host = f.get("exec_host", "").split("/")[0].split("+")[0]
+        native = f"{letter}" + (f" exit {code}" if code else "")
+        out[jid] = JobState(state, native, host, hms_seconds(f.get("resources_used.walltime", "")), code,
+                            array_level=jid in array_level)
+    return out
+
+
+class PbsScheduler(Scheduler):
+    name = "pbs"
+    script = "pbs"
+    _flags: list[str] | None = None  # qstat flags that worked for this PBS, learnt once per process
+
+    def submit(self, run_dir: Path, script: Path | None, *, then_collect: bool = False,
+               max_parallel: int | None = None) -> Submission:
+        if script is None:
+            raise SchedulerError("pbs: no job script to submit")
+        run_dir = Path(run_dir)
+        (run_dir / "logs").mkdir(exist_ok=True)
+        job = self._qsub(["qsub", script.name], run_dir)
+        tasks = [t["index"] for t in read_json(run_dir / "manifest.json")["tasks"]]
+        collect = self._submit_collect(run_dir, job) if then_collect else None
+        return Submission([job], {k: self.task_id(job, k) for k in tasks}, collect, str(run_dir / "logs"))
+
+    @staticmethod
+    def task_id(job: str, index: int) -> str:
+        m = _ARRAY.match(job)
+        return f"{m.group(1)}[{index}]{m.group(2)}" if m else f"{job}[{index}]"
+
+    def _qsub(self, argv: list[str], cwd: Path) -> str:
+        p = self.run_cmd(argv, cwd=cwd, timeout=60, what="qsub")
+        out = p.stdout.strip()
+        # Slurm's wrapper prints sbatch's failure on stdout and still exits 0.
+        if p.returncode != 0 or not re.match(r"^\d+(\[\])?(\.\S+)?$", out):
+            raise SchedulerError(f"qsub failed: {one_line(p.stderr + chr(10) + out)}")
+        return out
+
+    def _submit_collect(self, run_dir: Path, after: str) -> str:
+        """``hpcseg collect`` after every task ended however it ended (``depend=afterany``)."""
+        import shlex
+        import sys
+
+        m = read_json(run_dir / "manifest.json")
+        r = m["spec"]["resources"]
+        flavor = r.get("pbs", {}).get("flavor", "pro")
+        res = "select=1:ncpus=1:mem=4gb" if flavor == "pro" else "nodes=1:ppn=1,mem=4gb"
+        lines = ["#!/bin/bash", f"#PBS -N collect-{m['run_id'][-6:].replace('-', '')}", f"#PBS -l {res}",
+                 "#PBS -l walltime=00:30:00", "#PBS -j oe", "#PBS -o logs/collect.out",
+                 *([f"#PBS -q {r['queue']}"] if r.get("queue") else []),
+                 f"cd {shlex.quote(str(run_dir))}",
+                 f"exec {shlex.join([sys.executable, '-m', 'hpcseg', 'collect', str(run_dir)])}", ""]
+        script = write_text_atomic(run_dir / "collect.pbs", "\n".join(lines), mode=0o755)
+        return self._qsub(["qsub", "-W", f"depend=afterany:{after}", script.name], run_dir)
+
+    def poll(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        if not job_ids:
+            return {}
+        wrapper = qstat_flavor() == "slurm"
+        flags = [] if wrapper else (PbsScheduler._flags or ["-x", "-t"])
+        p = self.run_cmd(["qstat", "-f", *flags, *job_ids], what="qstat")
+        text, err = p.stdout, (p.stderr or "")
+        if p.returncode != 0 and not wrapper and PbsScheduler._flags is None and "-x" in flags \
+                and ("invalid option" in err.lower() or "usage" in err.lower()):
+            PbsScheduler._flags = ["-t"]  # Torque: -x means XML there; -t lists array subjobs
+            return self.poll(job_ids)
+        if p.returncode != 0:
+            # Finished jobs that PBS forgot are not an error: status judges them by their files.
+            no_record = (wrapper and p.returncode == 153 and not err.strip()) or any(s in err.lower() for s in NO_SUCH)
+            if not no_record:
+                raise SchedulerError(f"qstat failed: {one_line(err or text)}")
+        if not wrapper:
+            PbsScheduler._flags = flags
+        return parse_qstat(text, array_level=job_ids if wrapper else ())
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            return
+        if qstat_flavor() == "slurm" and any("[" in j for j in job_ids):
+            raise SchedulerError("Slurm's Torque wrapper (qdel) cannot cancel one array element; "
+                                 "cancel the whole run, or submit with --scheduler slurm")
+        p = self.run_cmd(["qdel", *job_ids], what="qdel")
+        if p.returncode != 0 and not any(s in (p.stderr + p.stdout).lower() for s in NO_SUCH):
+            raise SchedulerError(f"qdel failed: {one_line(p.stderr or p.stdout)}")
+
+    def log_paths(self, run_dir: Path, index: int, task_id: str | None) -> list[Path]:
+        logs = run_dir / "logs"
+        if not logs.is_dir():
+            return []
+        return sorted(p for p in logs.iterdir()
+                      if p.is_file() and re.search(rf"\.[oe]{index}$|\.[oe]\d+[.-]{index}$|[._-]{index}\.(out|err)$",
+                                                   p.name))

@@ -1,0 +1,599 @@
+"""``hpcseg status`` and ``hpcseg logs``: the truth about runs, from any shell, with one scheduler call.
+
+A task's state is judged in this order: its ``exit_code`` file (written by the job script on every way
+out, so it outlives the scheduler's memory and wins over it), then the scheduler's word from ONE
+batched query for every run shown, then what the files alone can say. Progress (epoch k/N, last and
+best metric, ETA) comes from ``history.csv``. When the scheduler cannot be reached the files are still
+shown, the problem is said in one line, and the exit code is 3.
+
+Nothing here imports torch, numpy or pydantic models beyond the run registry, and rich is only loaded
+for a terminal, so a status of hundreds of runs stays well under half a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from hpcseg.errors import EXIT_SCHEDULER, HpcsegError, SchedulerError
+from hpcseg.runs import Run, find_run, list_runs, runs_root
+from hpcseg.schedulers.base import ENDED, JobState
+
+RECENT = 20
+TAIL_LINES = 5
+# A job can take a few seconds to reach accounting; until then "not listed" means "not started yet".
+LISTING_GRACE_S = 300
+EXIT_MEANING = {0: "finished", 1: "failed", 2: "bad input", 4: "diverged",
+                75: "interrupted after checkpoint; resubmit to resume", 127: "command not found",
+                137: "killed (KILL)", 143: "terminated (TERM)"}
+
+
+@dataclass
+class TaskStatus:
+    """One row of ``hpcseg status``: the task's state and progress as the files and scheduler tell it."""
+
+    index: int
+    model: str
+    fold: int
+    state: str
+    detail: str = ""
+    native_id: str | None = None
+    node: str = ""
+    elapsed_s: float | None = None
+    epoch: int | None = None
+    epochs: int = 0
+    metric: str = ""
+    last: float | None = None
+    best: float | None = None
+    eta_s: float | None = None
+    eta_at_most: bool = False
+    exit_code: int | None = None
+    log: str | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+    @property
+    def ended(self) -> bool:
+        return self.exit_code is not None or self.state in ENDED
+
+
+TASK_FIELDS = [f.name for f in fields(TaskStatus)]
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def read_exit_code(task_dir: Path) -> int | None:
+    try:
+        with open(task_dir / "exit_code", "rb") as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class Progress:
+    epoch: int | None = None
+    last: float | None = None
+    best: float | None = None
+    mean_epoch_s: float | None = None
+    total_s: float = 0.0
+
+
+def read_progress(path: Path, metric: str, mode: str) -> Progress:
+    """The history's last complete row and best metric; a last line cut by a kill is ignored.
+
+    One split per line and one float() per needed cell: 3000 histories must read in a fraction of a second.
+    """
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return Progress()
+    lines = text.split("\n")
+    if len(lines) < 2:
+        return Progress()
+    header = lines[0].strip().split(",")
+    n = len(header)
+    rows = [c for c in (ln.split(",") for ln in lines[1:-1]) if len(c) == n]  # lines[-1]: "" or a cut line
+    col = {name: i for i, name in enumerate(header)}
+    ie, im, isec = col.get("epoch"), col.get(metric), col.get("epoch_seconds")
+    out = Progress()
+    if not rows:
+        return out
+    try:
+        if ie is not None:
+            out.epoch = int(float(rows[-1][ie]))
+        if im is not None:
+            vals = [float(r[im]) for r in rows if r[im].strip() not in ("", "nan")]
+            if vals:
+                out.last, out.best = vals[-1], (max(vals) if mode == "max" else min(vals))
+        if isec is not None:
+            secs = [float(r[isec]) for r in rows if r[isec].strip()]
+            if secs:
+                out.total_s = sum(secs)
+                out.mean_epoch_s = out.total_s / len(secs)
+    except ValueError:
+        pass  # a garbled cell: keep what was read before it
+    return out
+
+
+def tail(path: Path, n: int = TAIL_LINES) -> list[str]:
+    """Last ``n`` non-empty lines of a (possibly large) log, reading only its end."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 16384))
+            data = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [ln.rstrip() for ln in data.splitlines() if ln.strip()][-n:]
+
+
+def _backend(name: str) -> Any:
+    from hpcseg import schedulers
+
+    return schedulers.get(name)
+
+
+def scheduler_logs(run: Run, index: int) -> list[Path]:
+    m = run.manifest
+    try:
+        backend = _backend(m.get("scheduler") or "local")
+    except HpcsegError:
+        return []
+    return backend.log_paths(run.dir, index, m.get("task_ids", {}).get(str(index)))
+
+
+# --------------------------------------------------------------------------------------------- judging
+
+
+def _judge(run: Run, index: int, ec: int | None, js: JobState | None, note: str | None) -> tuple[str, str]:
+    """(state, detail) of one task; the exit_code file wins, then the scheduler, then the run's record."""
+    m = run.manifest
+    cancelled = m.get("state") == "cancelled" or index in m.get("cancelled_tasks", [])
+    if ec is not None:
+        meaning = f"exit {ec}: {EXIT_MEANING.get(ec, 'failed')}"
+        if ec == 0:
+            return "completed", ""
+        if cancelled or (js and js.state == "cancelled"):
+            return "cancelled", meaning
+        if js and js.state == "timeout":
+            return "timeout", meaning
+        if ec == 75:
+            return "preempted", meaning
+        return "failed", meaning
+    if js is not None:
+        if cancelled and js.state in ("pending", "requeued"):
+            return "cancelled", f"cancel requested; the scheduler still says {js.native or js.state}"
+        if js.state == "pending" and _started(run, index):
+            return "running", f"the scheduler still says {js.native or 'pending'}; the task's log is being written"
+        if js.state in ENDED and js.state != "completed":
+            return js.state, f"{js.native or js.state}, no exit_code file (ended before the job script could write it)"
+        return js.state, js.native if js.native.lower() != js.state else ""
+    state = m.get("state")
+    if state in ("dry-run", "submit-failed", "created"):
+        return "unknown", f"not submitted ({state})"
+    if cancelled:
+        return "cancelled", "cancelled before it started"
+    if note:
+        return "unknown", note
+    if time.time() - float(m.get("submitted_ts") or 0) < LISTING_GRACE_S:
+        return "pending", "submitted; not listed by the scheduler yet"
+    return "unknown", "the scheduler has no record of it and it left no exit_code file"
+
+
+def _started(run: Run, index: int) -> bool:
+    """Accounting lags the controller by seconds: a train.log written since submission (and since any
+    requeue, which events.log records) means the task is running, whatever sacct says yet."""
+    task_dir = run.dir / run.manifest["tasks"][index]["dir"]
+    try:
+        written = (task_dir / "train.log").stat().st_mtime
+    except OSError:
+        return False
+    try:
+        requeued = (task_dir / "events.log").stat().st_mtime
+    except OSError:
+        requeued = 0.0
+    return written > max(float(run.manifest.get("submitted_ts") or 0), requeued)
+
+
+def task_table(run: Run, states: Mapping[str, JobState] | None, note: str | None = None) -> list[TaskStatus]:
+    """Every task of ``run`` judged from its files and ``states`` (from one poll of all runs shown).
+
+    ``note`` says why ``states`` may be empty (e.g. the scheduler is unreachable).
+    """
+    m = run.manifest
+    spec = m["spec"]
+    epochs = int(spec["training"]["epochs"])
+    metric = spec.get("collection", {}).get("metric", "val_jaccard")
+    mode = spec.get("collection", {}).get("mode", "max")
+    early = bool(spec["training"].get("early_stopping", {}).get("patience"))
+    ids = m.get("task_ids", {})
+    out = []
+    for t in m["tasks"]:
+        k = t["index"]
+        task_dir = run.dir / t["dir"]
+        native = ids.get(str(k))
+        js = (states or {}).get(native) if native else None
+        if js is None and states:
+            js = _array_level(states, m.get("native_ids") or [], task_dir)
+        ec = read_exit_code(task_dir)
+        state, detail = _judge(run, k, ec, js, note)
+        prog = read_progress(task_dir / "history.csv", metric, mode)
+        ts = TaskStatus(k, t["model"], t["fold"], state, detail, native, js.node if js else "",
+                        js.elapsed_s if js and js.elapsed_s is not None else (prog.total_s or None),
+                        prog.epoch, epochs, metric, prog.last, prog.best, exit_code=ec)
+        if state == "running" and prog.mean_epoch_s is not None and prog.epoch is not None:
+            ts.eta_s = prog.mean_epoch_s * max(0, epochs - prog.epoch)
+            ts.eta_at_most = early
+        if state in ("failed", "timeout", "preempted"):
+            ts.log, ts.log_tail = _failure_log(run, k, task_dir)
+        out.append(ts)
+    return out
+
+
+def _array_level(states: Mapping[str, JobState], job_ids: list[str], task_dir: Path) -> JobState | None:
+    """A task's state from its array's single record (Slurm's Torque wrapper): started or not is
+    told by the task's own files; an ended array leaves the verdict to exit_code."""
+    for jid in job_ids:
+        a = states.get(jid)
+        if a is None or not a.array_level or a.state not in ("pending", "running"):
+            continue
+        started = (task_dir / "train.log").exists() or (task_dir / "history.csv").exists()
+        return JobState("running" if started else "pending", f"array {jid}: {a.native}")
+    return None
+
+
+def _failure_log(run: Run, index: int, task_dir: Path) -> tuple[str | None, list[str]]:
+    """The trainer's log when it has something to say, else the scheduler's stderr/stdout."""
+    candidates = [task_dir / "train.log"]
+    logs = scheduler_logs(run, index)
+    candidates += [p for p in logs if p.suffix == ".err" or ".e" in p.name] + logs
+    for p in candidates:
+        lines = tail(p)
+        if lines:
+            return str(p), lines
+    return (str(candidates[0]) if candidates else None), []
+
+
+def run_state(run: Run, tasks: list[TaskStatus]) -> str:
+    """One word for the whole run."""
+    m = run.manifest
+    if m.get("state") in ("dry-run", "submit-failed", "created"):
+        return m["state"]
+    c = Counter(t.state for t in tasks)
+    if c["running"]:
+        return "running"
+    if any(not t.ended and t.state in ("pending", "requeued", "preempted") for t in tasks):
+        return "pending"
+    if all(t.ended for t in tasks):
+        if c["completed"] == len(tasks):
+            return "completed"
+        if c["cancelled"]:
+            return "cancelled"
+        return "failed"
+    return "unknown"
+
+
+# --------------------------------------------------------------------------------------------- polling
+
+
+def _needs_poll(run: Run, skip_ended: bool = True) -> bool:
+    """Runs whose every task has an exit_code file are judged from files alone: no scheduler call
+    (unless ``skip_ended`` is off: one run's view asks anyway, for nodes and elapsed times)."""
+    m = run.manifest
+    if not m.get("native_ids"):
+        return False
+    if not skip_ended:
+        return True
+    if m.get("scheduler") == "local":
+        return True  # reads local.json: no scheduler command, and it knows node and elapsed
+    if m.get("collect_id") and not (run.dir / "training_summary.csv").exists():
+        return True
+    return any(read_exit_code(run.dir / t["dir"]) is None for t in m["tasks"])
+
+
+def poll_runs(runs: Iterable[Run], skip_ended: bool = True) -> tuple[dict[str, JobState], list[str]]:
+    """ONE scheduler command per scheduler kind for all the runs' ids (sbatch and submitit share one)."""
+    from hpcseg.schedulers import poll_family
+
+    ids: dict[str, list[str]] = defaultdict(list)
+    for run in runs:
+        if _needs_poll(run, skip_ended):
+            m = run.manifest
+            fam = poll_family(m.get("scheduler") or "local")
+            ids[fam] += [*m["native_ids"], *([m["collect_id"]] if m.get("collect_id") else [])]
+    states: dict[str, JobState] = {}
+    errors: list[str] = []
+    for fam, job_ids in ids.items():
+        try:
+            states.update(_backend(fam).poll(list(dict.fromkeys(job_ids))))
+        except SchedulerError as exc:
+            states.update(getattr(exc, "states", None) or {})  # partial answers still count
+            errors.append(f"{fam} unreachable: {exc.message}")
+    return states, errors
+
+
+@dataclass
+class Snapshot:
+    runs: list[tuple[Run, list[TaskStatus], str]]
+    errors: list[str]
+    states: dict[str, JobState]
+
+    @property
+    def ended(self) -> bool:
+        return all(all(t.ended for t in tasks) or rs in ("dry-run", "submit-failed", "created")
+                   for _, tasks, rs in self.runs)
+
+
+def snapshot(runs: list[Run], single: bool = False, reload: bool = False) -> Snapshot:
+    """One refresh: one poll for all ``runs``, then every task judged. ``reload``: re-read manifests
+    (a refresh of --watch; the first look uses what was just read)."""
+    if reload:
+        for r in runs:
+            r.reload()
+    states, errors = poll_runs(runs, skip_ended=not single)
+    note = "; ".join(errors) if errors else None
+    out = []
+    for r in runs:
+        tasks = task_table(r, states, note)
+        out.append((r, tasks, run_state(r, tasks)))
+    return Snapshot(out, errors, states)
+
+
+# --------------------------------------------------------------------------------------------- output
+
+
+def _dur(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    mi, sec = divmod(rem, 60)
+    return f"{h}:{mi:02d}:{sec:02d}" if h < 48 else f"{h // 24}d{h % 24:02d}h"
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _ref(run: Run) -> str:
+    return f"{run.dir.parent.name}/{run.run_id}"
+
+
+def _summary(tasks: list[TaskStatus]) -> str:
+    c = Counter(t.state for t in tasks)
+    return ", ".join(f"{n} {s}" for s, n in sorted(c.items(), key=lambda kv: -kv[1]))
+
+
+def _task_rows(tasks: list[TaskStatus]) -> tuple[list[str], list[list[str]]]:
+    metric = tasks[0].metric if tasks else "metric"
+    head = ["TASK", "MODEL", "FOLD", "STATE", "NODE", "ELAPSED", "EPOCH", f"{metric} LAST", "BEST", "ETA"]
+    rows = []
+    for t in tasks:
+        eta = "-" if t.eta_s is None else ("≤" if t.eta_at_most else "") + _dur(t.eta_s)
+        epoch = f"{t.epoch or 0}/{t.epochs}"
+        rows.append([str(t.index), t.model, str(t.fold), t.state, t.node or "-", _dur(t.elapsed_s), epoch,
+                     _num(t.last), _num(t.best), eta])
+    return head, rows
+
+
+def _run_rows(snap: Snapshot) -> tuple[list[str], list[list[str]]]:
+    head = ["RUN", "SCHEDULER", "JOB ID", "STATE", "TASKS", "EPOCHS", "SUBMITTED"]
+    rows = []
+    for run, tasks, rs in snap.runs:
+        m = run.manifest
+        done = sum(t.epoch or 0 for t in tasks)
+        total = sum(t.epochs for t in tasks)
+        ids = ",".join(m.get("native_ids") or []) if m.get("scheduler") != "local" else f"pid {m.get('pid', '-')}"
+        rows.append([_ref(run), m.get("scheduler") or "-", ids or "-", rs, _summary(tasks), f"{done}/{total}",
+                     (m.get("submitted") or m.get("created") or "-")[:19].replace("T", " ")])
+    return head, rows
+
+
+def _plain(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+                     for line in [head, *rows])
+
+
+def _run_header(run: Run, tasks: list[TaskStatus], rs: str) -> str:
+    m = run.manifest
+    sched = m.get("scheduler")
+    native = f"pid {m.get('pid')}" if sched == "local" else ", ".join(m.get("native_ids") or []) or "-"
+    extra = f" ({m.get('error')})" if rs == "submit-failed" and m.get("error") else ""
+    return (f"{_ref(run)}  {m.get('job')}  {sched} {native}  state: {rs}{extra}  [{_summary(tasks)}]"
+            f"\n  folder: {run.dir}")
+
+
+def _failures(tasks: list[TaskStatus]) -> list[str]:
+    out = []
+    for t in tasks:
+        if t.log is None and not t.log_tail:
+            continue
+        out.append(f"task {t.index} ({t.model} fold {t.fold}) {t.state}: {t.detail}")
+        out.append(f"  log: {t.log}")
+        out += [f"  | {ln}" for ln in t.log_tail]
+    return out
+
+
+def render_plain(snap: Snapshot, single: bool) -> str:
+    parts: list[str] = [f"! {e}" for e in snap.errors]
+    if single:
+        for run, tasks, rs in snap.runs:
+            parts.append(_run_header(run, tasks, rs))
+            parts.append(_plain(*_task_rows(tasks)))
+            parts += _failures(tasks)
+    elif snap.runs:
+        parts.append(_plain(*_run_rows(snap)))
+    else:
+        parts.append("no runs yet")
+    return "\n".join(parts)
+
+
+def render_rich(snap: Snapshot, single: bool) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    colors = {"completed": "green", "running": "cyan", "pending": "yellow", "failed": "red", "timeout": "red",
+              "cancelled": "magenta", "requeued": "yellow", "preempted": "yellow", "unknown": "dim"}
+
+    def table(head: list[str], rows: list[list[str]], state_col: int) -> Table:
+        tbl = Table(box=None, header_style="bold", pad_edge=False)
+        for h in head:
+            tbl.add_column(h, no_wrap=True)
+        for r in rows:
+            r = list(r)
+            tbl.add_row(*r[:state_col], Text(r[state_col], style=colors.get(r[state_col], "")), *r[state_col + 1:])
+        return tbl
+
+    items: list[Any] = [Text(f"! {e}", style="bold red") for e in snap.errors]
+    if single:
+        for run, tasks, rs in snap.runs:
+            items.append(Text(_run_header(run, tasks, rs), style="bold"))
+            items.append(table(*_task_rows(tasks), 3))
+            items += [Text(line, style="red" if not line.startswith("  ") else "") for line in _failures(tasks)]
+    else:
+        items.append(table(*_run_rows(snap), 3) if snap.runs else Text("no runs yet"))
+    return Group(*items)
+
+
+def to_json(snap: Snapshot) -> dict[str, Any]:
+    from hpcseg.schedulers.base import CALLS
+
+    return {
+        "scheduler": {"ok": not snap.errors, "errors": snap.errors, "calls": sum(CALLS.values())},
+        "runs": [{
+            "run": _ref(run), "run_id": run.run_id, "job": run.manifest.get("job"), "dir": str(run.dir),
+            "scheduler": run.manifest.get("scheduler"), "native_ids": run.manifest.get("native_ids", []),
+            "collect_id": run.manifest.get("collect_id"), "state": rs, "manifest_state": run.manifest.get("state"),
+            "tasks": [{f: getattr(t, f) for f in TASK_FIELDS} | {"ended": t.ended} for t in tasks],
+        } for run, tasks, rs in snap.runs],
+    }
+
+
+def _select(args: argparse.Namespace) -> tuple[list[Run], bool]:
+    root = runs_root(args.runs_dir) if getattr(args, "runs_dir", None) else None
+    if args.run:
+        return [find_run(args.run, root)], True
+    runs = list_runs(root)
+    last = getattr(args, "last", RECENT)
+    return (runs[-last:] if last else runs), False
+
+
+def cli_status(args: argparse.Namespace) -> int:
+    runs, single = _select(args)
+    if not args.watch:
+        snap = snapshot(runs, single)
+        if args.json:
+            print(json.dumps(to_json(snap)))
+        elif sys.stdout.isatty():
+            from rich.console import Console
+
+            Console().print(render_rich(snap, single))
+        else:
+            print(render_plain(snap, single))
+        for e in snap.errors:
+            print(f"hpcseg status: {e}", file=sys.stderr)
+        return EXIT_SCHEDULER if snap.errors else 0
+    return _watch(runs, single, args)
+
+
+def _watch(runs: list[Run], single: bool, args: argparse.Namespace) -> int:
+    interval = max(0.5, float(getattr(args, "interval", 10.0)))
+    if sys.stdout.isatty() and not args.json:
+        from rich.console import Console
+        from rich.live import Live
+
+        with Live(console=Console(), auto_refresh=False) as live:
+            while True:
+                snap = snapshot(runs, single, reload=True)
+                live.update(render_rich(snap, single), refresh=True)
+                if snap.ended:
+                    break
+                time.sleep(interval)
+    else:
+        while True:
+            snap = snapshot(runs, single, reload=True)
+            stamp = time.strftime("%H:%M:%S")
+            print(json.dumps(to_json(snap)) if args.json else f"--- {stamp}\n{render_plain(snap, single)}",
+                  flush=True)
+            if snap.ended:
+                break
+            time.sleep(interval)
+    for e in snap.errors:
+        print(f"hpcseg status: {e}", file=sys.stderr)
+    return EXIT_SCHEDULER if snap.errors else 0
+
+
+# --------------------------------------------------------------------------------------------- logs
+
+
+def cli_logs(args: argparse.Namespace) -> int:
+    run = find_run(args.run, runs_root(args.runs_dir) if args.runs_dir else None)
+    tasks = run.manifest["tasks"]
+    if args.task is None:
+        print(f"{_ref(run)}: {run.dir}")
+        for t in tasks:
+            paths = [run.dir / t["dir"] / "train.log", *scheduler_logs(run, t["index"])]
+            shown = "  ".join(f"{p}{'' if p.exists() else ' (not yet)'}" for p in paths)
+            print(f"task {t['index']} ({t['model']} fold {t['fold']}): {shown}")
+        return 0
+    match = [t for t in tasks if t["index"] == args.task]
+    if not match:
+        raise HpcsegError(f"--task {args.task}: the run has tasks 0-{len(tasks) - 1}")
+    t = match[0]
+    task_dir = run.dir / t["dir"]
+    train_log = task_dir / "train.log"
+    for p in scheduler_logs(run, args.task):
+        lines = tail(p, args.lines)
+        if lines:
+            print(f"==> {p} <==")
+            print("\n".join(lines))
+    print(f"==> {train_log} <==")
+    if not args.follow:
+        if not train_log.exists():
+            print("(no train.log yet: the task has not started)")
+        else:
+            print("\n".join(tail(train_log, args.lines)))
+        return 0
+    return _follow(train_log, task_dir, args.lines)
+
+
+def _follow(path: Path, task_dir: Path, lines: int) -> int:
+    """Print new lines as they are written, until the task's exit_code appears (then print the rest)."""
+    pos = 0
+    if path.exists():
+        print("\n".join(tail(path, lines)), flush=True)
+        pos = path.stat().st_size
+
+    def more(pos: int) -> int:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return pos
+        if size < pos:
+            pos = 0  # truncated or replaced
+        if size > pos:
+            with open(path, "rb") as fh:
+                fh.seek(pos)
+                sys.stdout.write(fh.read(size - pos).decode("utf-8", errors="replace"))
+                sys.stdout.flush()
+        return size
+
+    while True:
+        ec = read_exit_code(task_dir)
+        pos = more(pos)
+        if ec is not None:
+            print(f"(task ended: exit {ec})")
+            return 0
+        time.sleep(1.0)
