@@ -49,7 +49,6 @@ from hpcseg.history import (
     read_summary,
     read_task_status,
 )
-from hpcseg.plots import default_file_mode
 from hpcseg.runs import Run, find_run, runs_root
 from hpcseg.spec import Task
 
@@ -365,11 +364,9 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
 
     files = {"summary": run.dir / SUMMARY_CSV, "cv": run.dir / CV_JSON, "comparison": run.dir / COMPARISON_MD}
     try:
-        mode_bits = default_file_mode()
-        write_text_atomic(files["summary"], summary_csv(tasks, metric), mode=mode_bits)
-        write_text_atomic(files["cv"], json.dumps(cv, indent=2) + "\n", mode=mode_bits)
-        write_text_atomic(files["comparison"], comparison_md(run, metric, mode, ref, comp, line, note),
-                          mode=mode_bits)
+        write_text_atomic(files["summary"], summary_csv(tasks, metric))
+        write_text_atomic(files["cv"], json.dumps(cv, indent=2) + "\n")
+        write_text_atomic(files["comparison"], comparison_md(run, metric, mode, ref, comp, line, note))
         plot_files: list[Path] = []
         if plots:
             from hpcseg.plots import write_plots

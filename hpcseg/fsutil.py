@@ -13,8 +13,18 @@ def write_text_atomic(path: str | Path, text: str, mode: int | None = None) -> P
     return write_bytes_atomic(path, text.encode("utf-8"), mode)
 
 
+def default_file_mode() -> int:
+    """0o666 minus the umask, what ``open()`` would give: mkstemp's 0600 would hide results from the group
+    that shares a project folder on the cluster."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> Path:
-    """Write via a hidden temporary file in the same folder, fsync, then rename over the target."""
+    """Write via a hidden temporary file in the same folder, fsync, then rename over the target.
+
+    ``mode`` defaults to what a plain ``open()`` would create."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -23,8 +33,7 @@ def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, default_file_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
