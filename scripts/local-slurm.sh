@@ -92,6 +92,15 @@ install_packages() {
 }
 
 # ---------------------------------------------------------------------------------------------- config
+# The virtual nodes share this machine's cores; a task's fair share is nproc / nodes (at least 1).
+# TaskProlog output lines "export NAME=value" enter the task's environment; hpcseg's trainer caps its
+# threads at HPCSEG_MAX_THREADS.
+gen_task_prolog() {
+    local share=$(( $(nproc) / ${#NODES[@]} ))
+    (( share < 1 )) && share=1
+    printf '#!/bin/sh\n# Written by hpcseg scripts/local-slurm.sh: real cores per virtual node.\necho "export HPCSEG_MAX_THREADS=%s"\n' "$share"
+}
+
 gen_slurm_conf() {
     cat <<EOF
 # Written by hpcseg scripts/local-slurm.sh -- local test cluster, regenerated on 'up'.
@@ -122,6 +131,8 @@ MpiDefault=none
 ReturnToService=2
 # trust the node lines below, not the 2 real cores / RAM of this machine
 SlurmdParameters=config_overrides
+# ...but tell each task the real share of cores, or three 36-CPU tasks spin 6 threads on 2 cores
+TaskProlog=$DIR/task-prolog.sh
 GresTypes=gpu
 # accounting through slurmdbd, so sacct works and finished jobs are remembered
 AccountingStorageType=accounting_storage/slurmdbd
@@ -189,6 +200,7 @@ write_configs() {
         rm -f "$DIR/nvidia0"
         mknod "$DIR/nvidia0" c 195 0 || die config "mknod $DIR/nvidia0 c 195 0 failed (a fake GPU device for gres.conf)"
     fi
+    write_if_changed "$DIR/task-prolog.sh" 755 "$(gen_task_prolog)" && CONF_CHANGED=1
     write_if_changed "$SLURM_CONF" 644 "$(gen_slurm_conf)" && CONF_CHANGED=1
     write_if_changed "$GRES_CONF" 644 "$(gen_gres_conf)" && CONF_CHANGED=1
     write_if_changed "$DBD_CONF" 600 "$(gen_dbd_conf)" && CONF_CHANGED=1
@@ -198,7 +210,8 @@ write_configs() {
 configs_current() {
     [ -f "$SLURM_CONF" ] && [ "$(cat "$SLURM_CONF")" = "$(gen_slurm_conf)" ] &&
         [ -f "$GRES_CONF" ] && [ "$(cat "$GRES_CONF")" = "$(gen_gres_conf)" ] &&
-        [ -f "$DBD_CONF" ] && [ "$(cat "$DBD_CONF")" = "$(gen_dbd_conf)" ] && [ -c "$DIR/nvidia0" ]
+        [ -f "$DBD_CONF" ] && [ "$(cat "$DBD_CONF")" = "$(gen_dbd_conf)" ] && [ -c "$DIR/nvidia0" ] &&
+        [ -f "$DIR/task-prolog.sh" ] && [ "$(cat "$DIR/task-prolog.sh")" = "$(gen_task_prolog)" ]
 }
 
 # ---------------------------------------------------------------------------------------------- daemons

@@ -125,11 +125,18 @@ def _deadline(seconds: float | None, started: float) -> float | None:
 
 @contextmanager
 def task_logging(task_dir: Path):
-    """Plain lines to stdout and to task_dir/train.log (appended across resumes)."""
-    task_dir.mkdir(parents=True, exist_ok=True)
+    """Plain lines to stdout and to task_dir/train.log (appended across resumes).
+
+    A task folder that cannot be made or written (read-only mount, a file in the way, no space) is one
+    clear line and exit 1 before anything else is touched, not a traceback from the first write."""
+    try:
+        task_dir.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(task_dir / LOG, encoding="utf-8")
+    except OSError as exc:
+        raise HpcsegError(f"{task_dir}: cannot write the task folder ({exc.strerror or exc}); the run folder "
+                          f"must be writable from this node", exit_code=EXIT_FAILED) from None
     fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout),
-                                       logging.FileHandler(task_dir / LOG, encoding="utf-8")]
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout), file_handler]
     for h in handlers:
         h.setFormatter(fmt)
         log.addHandler(h)
@@ -303,13 +310,23 @@ def train(plan: TaskPlan) -> int:
             log.info("failed: %s", exc.message)
             outcome = Outcome("failed", exc.exit_code, exc.message)
         except Exception as exc:  # a bug or a broken node: keep the traceback, end on the reason
-            log.info("%s", traceback.format_exc().rstrip())
-            message = f"{exc.__class__.__name__}: {exc}"
+            full = _no_space(exc)
+            if full is not None:  # a full disk is not a bug: say which file, no traceback
+                message = f"{full.filename or plan.task_dir}: cannot write, the disk is full ({full.strerror})"
+            else:
+                log.info("%s", traceback.format_exc().rstrip())
+                message = f"{exc.__class__.__name__}: {exc}"
             log.info("failed: %s", message)
             outcome = Outcome("failed", EXIT_FAILED, message)
         _write_result(plan, info, outcome, started)
         log.info("exit %d (%s)", outcome.code, outcome.reason)
         return outcome.code
+
+
+def _no_space(exc: BaseException) -> OSError | None:
+    from hpcseg.train.checkpoint import no_space
+
+    return no_space(exc)
 
 
 def _write_result(plan: TaskPlan, info: dict[str, Any], outcome: Outcome, started: float) -> None:
@@ -377,7 +394,13 @@ def _setup_torch(spec: JobSpec):
         granted = int(os.environ.get("HPCSEG_CPUS", spec.resources.cpus))
     except ValueError:
         granted = spec.resources.cpus
-    threads = max(1, min(granted, cores, os.cpu_count() or 1))
+    # HPCSEG_MAX_THREADS: a site's (or the local test cluster's TaskProlog) word on the real share of cores,
+    # for nodes that advertise more CPUs than they have; oversubscribed spinning threads cost 5x here.
+    try:
+        ceiling = int(os.environ.get("HPCSEG_MAX_THREADS", "0")) or cores
+    except ValueError:
+        ceiling = cores
+    threads = max(1, min(granted, cores, ceiling, os.cpu_count() or 1))
     torch.set_num_threads(threads)
     seed = spec.workload.seed
     random.seed(seed)
