@@ -22,7 +22,13 @@ class HpcsegError(Exception):
         self.exit_code = exit_code
 
     def lines(self) -> list[str]:
-        return [self.message, *(f"  {p}" for p in self.problems)]
+        """One printed line per problem: a newline inside a value (a file name, an override) is shown
+        escaped, so it cannot split a message or forge a line of its own."""
+        return [_one_line(self.message), *(f"  {_one_line(p)}" for p in self.problems)]
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class SpecError(HpcsegError):

@@ -49,7 +49,7 @@ def parse_memory_mb(value: str | int) -> int:
     if mb <= 0:
         raise ValueError("must be more than zero")
     if mb > MAX_MEMORY_MB:
-        raise ValueError(f"{value} is more than any node has (at most {MAX_MEMORY_MB // 1024 // 1024}T)")
+        raise ValueError(f"{value!r} is more than any node has (at most {MAX_MEMORY_MB // 1024 // 1024}T)")
     return int(round(mb))
 
 
@@ -65,7 +65,7 @@ def parse_walltime(value: str) -> int:
     if total <= 0:
         raise ValueError("must be longer than zero")
     if h > MAX_WALLTIME_HOURS:
-        raise ValueError(f"{value} is longer than a year")
+        raise ValueError(f"{value!r} is longer than a year")
     return total
 
 
@@ -226,6 +226,14 @@ class ResourcesSpec(Strict):
             parse_memory_mb(v)
         return v
 
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _sexagesimal(cls, v: Any) -> Any:
+        # YAML 1.1 reads an unquoted 12:00:00 as 43200 seconds; take it back to the HH:MM:SS it was.
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return f"{v // 3600:02d}:{v % 3600 // 60:02d}:{v % 60:02d}"
+        return v
+
     @field_validator("walltime")
     @classmethod
     def _walltime(cls, v: str) -> str:
@@ -357,8 +365,17 @@ class LoadedJob:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-def _walk_lines(node: yaml.Node, path: tuple, out: dict[tuple, int], problems: list[str], fname: str) -> None:
-    """Record the line of every key (and list item) so validation errors can point at it."""
+def _walk_lines(node: yaml.Node, path: tuple, out: dict[tuple, int], problems: list[str], fname: str,
+                seen_nodes: set[int] | None = None) -> None:
+    """Record the line of every key (and list item) so validation errors can point at it.
+
+    Each node is visited once: an alias points back at a node already walked, and a self-referencing
+    alias (``a: &x [*x]``) would otherwise recurse forever.
+    """
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -368,11 +385,11 @@ def _walk_lines(node: yaml.Node, path: tuple, out: dict[tuple, int], problems: l
                                 f"key given twice; keep one")
             seen.add(key)
             out[path + (key,)] = key_node.start_mark.line + 1
-            _walk_lines(value_node, path + (key,), out, problems, fname)
+            _walk_lines(value_node, path + (key,), out, problems, fname, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             out[path + (i,)] = item.start_mark.line + 1
-            _walk_lines(item, path + (i,), out, problems, fname)
+            _walk_lines(item, path + (i,), out, problems, fname, seen_nodes)
 
 
 def _dotted(path: tuple) -> str:
@@ -384,6 +401,9 @@ def parse_yaml(text: str, fname: str) -> tuple[dict[str, Any], dict[tuple, int]]
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
+    except (ValueError, IndexError, TypeError, RecursionError) as exc:
+        # PyYAML's constructors raise plain Python errors for some tags (e.g. a bare `!!int`).
+        raise SpecError(f"{fname}: malformed YAML: {type(exc).__name__}: {exc}; fix the syntax") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         context_mark = getattr(exc, "context_mark", None)
@@ -408,7 +428,7 @@ def parse_yaml(text: str, fname: str) -> tuple[dict[str, Any], dict[tuple, int]]
 
 
 def _split_path(dotted: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
+    return tuple(int(p) if p.isascii() and p.isdigit() else p for p in dotted.split("."))
 
 
 def _set_path(doc: dict, path: tuple, value: Any, origin: str) -> tuple:
@@ -464,8 +484,8 @@ def parse_override(text: str) -> tuple[tuple, Any]:
         raise SpecError(f"--set {text}: expected FIELD=VALUE, e.g. --set training.lr=5e-5")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    except (yaml.YAMLError, ValueError, IndexError, TypeError, RecursionError):
+        value = raw  # not YAML: the schema decides whether the plain string will do
     return _split_path(key), value
 
 

@@ -1,0 +1,428 @@
+"""Every bad input of docs/bad-inputs.md, run through the real CLI exactly as a user would meet it.
+
+Each case runs ``python -m hpcseg ...`` in a subprocess whose working directory is a fresh temporary folder
+(the ``<tmp>`` of the doc), with a controlled PATH and no HPCSEG_*/SLURM_* variables leaking in, so what
+is asserted is what a user sees: the exit code, no traceback, the documented first line (and, where the
+first line is a summary, the line under it that names the file or field), and that a refused command left
+nothing half-written behind. The doc stays human-written; ``test_doc_table_matches_cases`` keeps the
+table and the cases below from drifting apart (names, exit codes and key phrases).
+
+Where the CLI misbehaves, the case states the RIGHT behaviour and fails until the code is fixed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.datasets import blob_mask, gray_image, save_image, write_microbead
+from tests.test_render import make_bin
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "bad-inputs.md"
+
+# A tiny valid job: four 32x32 microbead pairs in ./data, no container, one small U-Net. Cases break
+# one thing each (a line of this text, an override, the dataset, PATH) and leave the rest valid.
+BASE_JOB = """\
+name: tiny
+workload:
+  task: binary_segmentation
+  dataset: {root: data, layout: microbead, image_size: 32, channels: 1, num_classes: 2}
+  models:
+    - {name: unet, arch: unet, channels: [4, 8], dropout: 0.1}
+  split: {method: random, val_fraction: 0.25}
+training:
+  epochs: 1
+  batch_size: 2
+  lr: 0.01
+  optimizer: adam
+resources:
+  gpus: 0
+  cpus: 1
+  memory: 1G
+  walltime: "00:10:00"
+container:
+  runtime: none
+profiles:
+  quick: {training.epochs: 1}
+"""
+
+SUBMIT = ("submit", "job.yaml", "--scheduler", "local", "--dry-run")  # a refused submit must create nothing
+
+
+# --------------------------------------------------------------------------------------------- setups
+
+
+def job_file(tmp: Path, *edits: tuple[str, str], text: str | None = None) -> None:
+    """Write tmp/job.yaml: BASE_JOB with each (old, new) replaced once, or ``text`` as it is."""
+    body = BASE_JOB
+    for old, new in edits:
+        assert old in body, old
+        body = body.replace(old, new, 1)
+    (tmp / "job.yaml").write_text(body if text is None else text, encoding="utf-8")
+
+
+def dataset(tmp: Path, **kw) -> Path:
+    return write_microbead(tmp / "data", n=kw.pop("n", 4), size=kw.pop("size", 32), **kw)
+
+
+def valid(tmp: Path) -> None:
+    """The base job and its dataset, both fine."""
+    job_file(tmp)
+    dataset(tmp)
+
+
+def edited(*edits: tuple[str, str]) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        job_file(tmp, *edits)
+        dataset(tmp)
+    return setup
+
+
+def with_text(text: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        job_file(tmp, text=text)
+        dataset(tmp)
+    return setup
+
+
+def data_then(change: Callable[[Path], None]) -> Callable[[Path], None]:
+    """The valid job, then ``change(dataset_root)``."""
+    def setup(tmp: Path) -> None:
+        valid(tmp)
+        change(tmp / "data")
+    return setup
+
+
+def no_dataset(tmp: Path) -> None:
+    job_file(tmp)
+
+
+def non_binary_mask(root: Path) -> None:
+    m = np.zeros((32, 32), np.uint8)
+    m[:8] = 3
+    m[16:] = 255
+    save_image(root / "masks" / "bead_001.png", m)
+
+
+def mixed_sizes(root: Path) -> None:
+    save_image(root / "images" / "bead_001.png", gray_image(48, 1))
+    save_image(root / "masks" / "bead_001.png", blob_mask(48, 1) * 255)
+
+
+def odd_names(tmp: Path) -> None:
+    job_file(tmp)
+    write_microbead(tmp / "data", size=32, names=["bead one", "perle ä ñ", "細胞 3", "it's $(x)"])
+
+
+def stand_in_runtime(tmp: Path) -> None:
+    """A stand-in ``singularity`` on PATH (tests/test_render.py), so only the image can be missing."""
+    valid(tmp)
+    make_bin(tmp)
+
+
+def image_but_no_runtime(tmp: Path) -> None:
+    valid(tmp)
+    (tmp / "img").mkdir()
+    (tmp / "img" / "hpcseg.sif").write_bytes(b"not empty")
+
+
+def runs_under_a_file(tmp: Path) -> None:
+    valid(tmp)
+    (tmp / "afile").write_text("a regular file, so afile/runs cannot be a folder (root ignores chmod)\n")
+
+
+def dry_run_then_break(tmp: Path) -> None:
+    """A run recorded by a dry-run submit, then its dataset loses an image's bytes (the file is rewritten)."""
+    valid(tmp)
+    proc = cli(tmp, *SUBMIT, "--runs-dir", "runs")
+    assert proc.returncode == 0, proc.stderr
+    (tmp / "data" / "images" / "bead_002.png").write_bytes(b"this is no longer a PNG")
+
+
+# --------------------------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of docs/bad-inputs.md.
+
+    ``first`` must be in the first line of ``stream`` and ``detail`` (when given) in line ``detail_at``
+    (None: any line), after the temporary folder is replaced by ``<tmp>``. ``creates`` lists the paths
+    the command may leave under <tmp> (globs); anything else new is a half-written leftover.
+    """
+
+    id: str
+    argv: tuple[str, ...]
+    exit: int
+    first: str
+    detail: str | None = None
+    setup: Callable[[Path], None] = valid
+    stream: str = "stderr"
+    detail_at: int | None = 1
+    path: str = "stand-in"  # "stand-in": <tmp>/bin then the system PATH; "empty": <tmp>/emptybin only
+    creates: tuple[str, ...] = ()
+    marks: tuple = field(default=())
+
+
+SPEC_FIRST = "hpcseg render: job.yaml: 1 problem(s) in the job"
+
+CASES: list[Case] = [
+    # --- the job file
+    Case("malformed-yaml", ("render", "job.yaml"), 2,
+         "hpcseg render: job.yaml:4: malformed YAML: while parsing a flow mapping that starts here",
+         setup=edited(("num_classes: 2}", "num_classes: 2"))),
+    Case("unknown-key", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:12: training.optimiser: unknown key (did you mean 'optimizer'?)",
+         setup=edited(("optimizer: adam", "optimiser: adam"))),
+    Case("wrong-type", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:11: training.lr: Input should be a valid number",
+         setup=edited(("lr: 0.01", "lr: fast"))),
+    Case("walltime-25:99", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:17: resources.walltime: expected HH:MM:SS such as 12:00:00, got '25:99'",
+         setup=edited(('"00:10:00"', '"25:99"'))),
+    Case("walltime-12:60:00", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:17: resources.walltime: minutes and seconds must be below 60 in '12:60:00'",
+         setup=edited(('"00:10:00"', '"12:60:00"'))),
+    Case("negative-gpus", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:14: resources.gpus: Input should be greater than or equal to 0 (got -1)",
+         setup=edited(("gpus: 0", "gpus: -1"))),
+    Case("huge-gpus", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:14: resources.gpus: Input should be less than or equal to 64 (got 1000)",
+         setup=edited(("gpus: 0", "gpus: 1000"))),
+    Case("huge-memory", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:16: resources.memory: '999T' is more than any node has (at most 64T)",
+         setup=edited(("memory: 1G", "memory: 999T"))),
+    Case("huge-cpus", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:15: resources.cpus: Input should be less than or equal to 4096 (got 100000)",
+         setup=edited(("cpus: 1", "cpus: 100000"))),
+    Case("dropout-above-1", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:6: workload.models.0.dropout: Input should be less than or equal to 1 (got 1.5)",
+         setup=edited(("dropout: 0.1", "dropout: 1.5"))),
+    Case("empty-job-file", ("render", "job.yaml"), 2,
+         "hpcseg render: job.yaml: the file is empty; a job needs name, workload, training and resources",
+         setup=with_text("")),
+    Case("unknown-profile", ("render", "job.yaml", "--profile", "quik"), 2,
+         "hpcseg render: job.yaml: no profile 'quik' (this job has: quick)"),
+    Case("set-without-equals", ("render", "job.yaml", "--set", "training.lr"), 2,
+         "hpcseg render: --set training.lr: expected FIELD=VALUE, e.g. --set training.lr=5e-5"),
+    Case("set-unknown-field", ("render", "job.yaml", "--set", "training.learning_rate=1e-3"), 2, SPEC_FIRST,
+         "--set training.learning_rate=1e-3: training.learning_rate: unknown key (did you mean 'lr'?)"),
+    Case("set-wrong-type", ("render", "job.yaml", "--set", "training.epochs=many"), 2, SPEC_FIRST,
+         "--set training.epochs=many: training.epochs: Input should be a valid integer"),
+    Case("unknown-job-name", ("render", "microbead_optimised"), 2,
+         "hpcseg render: job 'microbead_optimised' not found (did you mean 'microbead_optimized'?)"),
+    # --- the dataset (preflight, through a submit that must refuse and create nothing)
+    Case("dataset-root-missing", SUBMIT, 2, "hpcseg submit: tiny: preflight found 1 error(s); nothing was created",
+         "ERROR [dataset] <tmp>/data: dataset folder not found (workload.dataset.root)", setup=no_dataset),
+    Case("images-folder-missing", SUBMIT, 2, "hpcseg submit: tiny: preflight found 1 error(s)",
+         "ERROR [dataset] <tmp>/data/images: folder missing",
+         setup=data_then(lambda r: shutil.rmtree(r / "images"))),
+    Case("masks-folder-missing", SUBMIT, 2, "hpcseg submit: tiny: preflight found 1 error(s)",
+         "ERROR [dataset] <tmp>/data/masks: folder missing",
+         setup=data_then(lambda r: shutil.rmtree(r / "masks"))),
+    Case("image-without-mask", SUBMIT, 2, "hpcseg submit: tiny: preflight found 1 error(s)",
+         "ERROR [dataset] <tmp>/data/masks: no mask for 1 image in images/: bead_000.png",
+         setup=data_then(lambda r: (r / "masks" / "bead_000.png").unlink())),
+    Case("mask-without-image", SUBMIT, 2, "hpcseg submit: tiny: preflight found 1 error(s)",
+         "ERROR [dataset] <tmp>/data/images: no image for 1 mask in masks/: bead_000.png",
+         setup=data_then(lambda r: (r / "images" / "bead_000.png").unlink())),
+    Case("corrupt-image", SUBMIT, 2, "hpcseg submit: tiny: preflight found 1 error(s)",
+         "ERROR [dataset] <tmp>/data/images/bead_001.png: cannot decode image",
+         setup=data_then(lambda r: (r / "images" / "bead_001.png").write_bytes(b"GIF89a, or rather not"))),
+    Case("empty-file", SUBMIT, 2, "hpcseg submit: tiny: preflight found 1 error(s)",
+         "ERROR [dataset] <tmp>/data/masks/bead_001.png: empty file (0 bytes)",
+         setup=data_then(lambda r: (r / "masks" / "bead_001.png").write_bytes(b""))),
+    Case("mask-not-binary", SUBMIT, 2, "hpcseg submit: tiny: preflight found 1 error(s)",
+         "ERROR [dataset] <tmp>/data/masks/bead_001.png: mask is not binary: values 0, 3, 255",
+         setup=data_then(non_binary_mask)),
+    Case("mask-size-mismatch", SUBMIT, 2, "hpcseg submit: tiny: preflight found 1 error(s)",
+         "ERROR [dataset] <tmp>/data/masks/bead_001.png: mask is 40x40 (HxW) but its image bead_001.png is 32x32",
+         setup=data_then(lambda r: save_image(r / "masks" / "bead_001.png", blob_mask(40)))),
+    Case("mixed-image-sizes", ("check", "job.yaml"), 0, "hpcseg check tiny: <tmp>/job.yaml",
+         "warn  [dataset] <tmp>/data/images: images come in 2 sizes (HxW 32x32: 3, 48x48: 1)",
+         setup=data_then(mixed_sizes), stream="stdout"),
+    Case("odd-file-names", ("check", "job.yaml"), 0, "hpcseg check tiny: <tmp>/job.yaml",
+         "all checks passed", setup=odd_names, stream="stdout", detail_at=None),
+    # --- container and weights
+    Case("container-image-missing",
+         (*SUBMIT, "--set", "container.runtime=singularity", "--set", "container.image=img/hpcseg.sif"), 2,
+         "hpcseg submit: tiny: preflight found 1 error(s)",
+         "ERROR [container] <tmp>/img/hpcseg.sif: container image not found", setup=stand_in_runtime),
+    Case("runtime-not-on-path",
+         (*SUBMIT, "--set", "container.runtime=singularity", "--set", "container.image=img/hpcseg.sif"), 2,
+         "hpcseg submit: tiny: preflight found 1 error(s)",
+         "ERROR [container] <tmp>/job.yaml: container.runtime: singularity not found on PATH",
+         setup=image_but_no_runtime, path="empty"),
+    Case("weights-missing", (*SUBMIT, "--set", "workload.models.unet.weights=weights/unet.pth"), 2,
+         "hpcseg submit: tiny: preflight found 1 error(s)",
+         "ERROR [weights] <tmp>/weights/unet.pth: weights of model unet not found"),
+    # --- the scheduler
+    Case("scheduler-missing", ("submit", "job.yaml", "--scheduler", "slurm", "--runs-dir", "runs"), 3,
+         "hpcseg submit: sbatch: command not found", path="empty"),
+    Case("scheduler-down", ("submit", "job.yaml", "--scheduler", "slurm", "--runs-dir", "runs"), 3,
+         "hpcseg submit: sbatch failed: sbatch: error: Batch job submission failed: Unable to contact slurm "
+         "controller", path="system",
+         creates=("runs", "runs/*"), marks=(pytest.mark.slurm,)),
+    # --- runs
+    Case("unknown-run-status", ("status", "nope"), 2,
+         "hpcseg status: unknown run 'nope' under <tmp>/runs; recent runs: none yet"),
+    Case("unknown-run-collect", ("collect", "nope"), 2,
+         "hpcseg collect: unknown run 'nope' under <tmp>/runs; recent runs: none yet"),
+    Case("unknown-run-logs", ("logs", "nope"), 2,
+         "hpcseg logs: unknown run 'nope' under <tmp>/runs; recent runs: none yet"),
+    Case("runs-dir-not-writable", (*SUBMIT, "--runs-dir", "afile/runs"), 2,
+         "hpcseg submit: <tmp>/afile/runs: cannot create the run folder", setup=runs_under_a_file),
+    # --- on the node
+    Case("train-dataset-unreadable", ("train", "--run", "RUN_DIR", "--task", "0"), 2,
+         "hpcseg train: job tiny, model unet (unet), fold 0",
+         "failed: <tmp>/data/images/bead_002.png: cannot decode image",
+         setup=dry_run_then_break, stream="stdout", detail_at=None,
+         creates=("runs/tiny/*/tasks", "runs/tiny/*/tasks/unet", "runs/tiny/*/tasks/unet/fold_0",
+                  "runs/tiny/*/tasks/unet/fold_0/train.log", "runs/tiny/*/tasks/unet/fold_0/result.json")),
+]
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+def cli(tmp: Path, *argv: str, path: str = "stand-in", timeout: float = 180) -> subprocess.CompletedProcess:
+    """``python -m hpcseg ARGV`` in ``tmp`` with a clean environment, as a user's shell would run it."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HPCSEG_", "SLURM_", "PBS_", "SBATCH_", "PYTEST", "COV_"))}
+    system = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    if path == "empty":
+        (tmp / "emptybin").mkdir(exist_ok=True)
+        env["PATH"] = str(tmp / "emptybin")
+    elif path == "stand-in":
+        env["PATH"] = f"{tmp / 'bin'}{os.pathsep}{system}"
+    env.update(HOME=str(tmp), LANG="C.UTF-8", PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.run([sys.executable, "-m", "hpcseg", *argv], cwd=tmp, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def snapshot(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _allowed(rel: str, globs: tuple[str, ...]) -> bool:
+    """fnmatch globs, whose ``*`` also matches ``/``."""
+    return any(fnmatch.fnmatchcase(rel, g) for g in globs)
+
+
+def _lines(text: str, tmp: Path) -> list[str]:
+    """Output lines with the temporary folder shown as <tmp> and log timestamps dropped."""
+    text = text.replace(str(tmp), "<tmp>")
+    return [re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", "", ln) for ln in text.splitlines()]
+
+
+def _run_case(case: Case, tmp: Path) -> subprocess.CompletedProcess:
+    case.setup(tmp)
+    argv = case.argv
+    if "RUN_DIR" in argv:
+        (run_dir,) = [m.parent for m in (tmp / "runs").glob("*/*/manifest.json")]
+        argv = tuple(str(run_dir) if a == "RUN_DIR" else a for a in argv)
+    before = snapshot(tmp)
+    proc = cli(tmp, *argv, path=case.path)
+    new = sorted(p for p in snapshot(tmp) - before if not p.startswith("emptybin"))
+    leftovers = [p for p in new if not _allowed(p, case.creates)]
+    assert leftovers == [], f"{case.id}: the command left {leftovers} behind"
+    return proc
+
+
+def check(case: Case, proc: subprocess.CompletedProcess, tmp: Path) -> None:
+    out = proc.stdout if case.stream == "stdout" else proc.stderr
+    shown = f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, shown
+    assert proc.returncode == case.exit, shown
+    lines = _lines(out, tmp)
+    assert lines, f"{case.id}: nothing on {case.stream}\n{shown}"
+    assert case.first in lines[0], f"{case.id}: first line {lines[0]!r} lacks {case.first!r}\n{shown}"
+    if case.detail is not None:
+        where = lines if case.detail_at is None else lines[case.detail_at:case.detail_at + 1]
+        assert any(case.detail in ln for ln in where), f"{case.id}: no {case.detail!r}\n{shown}"
+
+
+PLAIN = [c for c in CASES if c.id != "scheduler-down"]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in PLAIN])
+def test_bad_input(case: Case, tmp_path: Path) -> None:
+    proc = _run_case(case, tmp_path)
+    check(case, proc, tmp_path)
+    if case.id == "train-dataset-unreadable":
+        task = next((tmp_path / "runs").glob("tiny/*/tasks/unet/fold_0"))
+        result = json.loads((task / "result.json").read_text())
+        assert result["reason"] == "failed" and result["exit_code"] == 2, result
+        assert "bead_002.png" in (task / "train.log").read_text().splitlines()[-2]
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if c.id == "scheduler-down"])
+def test_bad_input_scheduler_down(case: Case, tmp_path: Path, slurm_cluster) -> None:
+    """slurmctld stopped: sbatch's refusal reaches the user in one line, exit 3; the controller is always
+    restarted, because other tests (and other people's jobs) share the cluster."""
+    case.setup(tmp_path)
+    before = snapshot(tmp_path)
+    stop = getattr(slurm_cluster, "ctl", None) or (
+        lambda verb: subprocess.run(["bash", str(REPO / "scripts" / "local-slurm.sh"), verb], check=True,
+                                    capture_output=True, timeout=120))
+    stop("stop-ctld")
+    try:
+        proc = cli(tmp_path, *case.argv, path=case.path, timeout=240)
+    finally:
+        stop("start-ctld")
+    check(case, proc, tmp_path)
+    # sbatch was tried, so a run record may exist, but only one that says it was never submitted
+    manifests = list((tmp_path / "runs").glob("tiny/*/manifest.json"))
+    for m in manifests:
+        data = json.loads(m.read_text())
+        assert data["state"] == "submit-failed" and data["native_ids"] == [], data
+        assert f"marked submit-failed: {m.parent}" in proc.stderr
+    new = snapshot(tmp_path) - before
+    assert all(_allowed(p, case.creates) for p in new), sorted(new)
+
+
+# --------------------------------------------------------------------------------------------- the doc
+
+
+def doc_rows() -> dict[str, dict[str, str]]:
+    """The table of docs/bad-inputs.md: row id (the bold name opening the input cell) -> cells."""
+    rows: dict[str, dict[str, str]] = {}
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("| **"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        assert len(cells) == 4, line
+        m = re.match(r"\*\*([^*]+)\*\*", cells[0])
+        assert m, line
+        assert m.group(1) not in rows, f"row {m.group(1)} twice"
+        rows[m.group(1)] = {"input": cells[0], "command": cells[1], "message": cells[2], "exit": cells[3]}
+    return rows
+
+
+def test_doc_table_matches_cases() -> None:
+    """The doc and the cases name the same inputs, with the same exit codes and key phrases."""
+    rows = doc_rows()
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids))
+    assert sorted(set(ids) - set(rows)) == [], "cases missing from docs/bad-inputs.md"
+    assert sorted(set(rows) - set(ids)) == [], "doc rows without a case in tests/test_bad_inputs.py"
+    for c in CASES:
+        row = rows[c.id]
+        assert row["exit"].strip("` ") == str(c.exit), (c.id, row["exit"])
+        message = row["message"].replace("\\|", "|")
+        for phrase in (c.first, c.detail):
+            if phrase is not None:
+                assert phrase in message, f"{c.id}: the doc's message lacks {phrase!r}"
