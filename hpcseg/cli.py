@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "submit": ("hpcseg.submit", "cli_submit"),
     "status": ("hpcseg.status", "cli_status"),
     "cancel": ("hpcseg.submit", "cli_cancel"),
+    "resubmit": ("hpcseg.submit", "cli_resubmit"),
     "logs": ("hpcseg.status", "cli_logs"),
     "collect": ("hpcseg.collect", "cli_collect"),
     "train": ("hpcseg.train.runner", "cli_train"),
@@ -78,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="cancel a run, or one task of it")
     p.add_argument("run")
     p.add_argument("--task", type=int)
+    p.add_argument("--runs-dir")
+
+    p = sub.add_parser("resubmit", help="send interrupted (exit 75) or listed tasks again; they resume")
+    p.add_argument("run")
+    p.add_argument("--tasks", metavar="K,...", help="these tasks (ended ones) instead of those that exited 75")
     p.add_argument("--runs-dir")
 
     p = sub.add_parser("logs", help="print (or follow) a task's log")
@@ -148,8 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = getattr(importlib.import_module(module), func)
         return int(handler(args) or 0)
     except HpcsegError as exc:
-        for line in exc.lines():
-            print(f"hpcseg {args.verb}: {line}" if line is exc.message else line, file=sys.stderr)
+        for i, line in enumerate(exc.lines()):
+            print(f"hpcseg {args.verb}: {line}" if i == 0 else line, file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"hpcseg {args.verb}: interrupted", file=sys.stderr)

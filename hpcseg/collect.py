@@ -456,6 +456,9 @@ def cli_collect(args: argparse.Namespace) -> int:
     """``hpcseg collect RUN [--against ...] [--json]``: 0 when collected (even with failed tasks), 2 for bad input."""
     root = runs_root(getattr(args, "runs_dir", None))
     run = find_run(args.run, root)
+    from hpcseg.runs import record_requeues
+
+    record_requeues(run)  # events.log -> the manifest's `requeues`, as status does
     result = collect_run(run, getattr(args, "against", None),
                          root=root if getattr(args, "runs_dir", None) else None)
     for w in result["warnings"][:20]:

@@ -8,12 +8,15 @@ exit-code file written by the job script. Run ids sort by time and are created w
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import os
 import secrets
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +29,11 @@ if TYPE_CHECKING:  # imported lazily: `hpcseg status` reads manifests as JSON an
     from hpcseg.spec import JobSpec, LoadedJob, Task
 
 MANIFEST = "manifest.json"
+EVENTS = "events.log"
+# events.log lines that mean "this element went back to the queue": the job script's own requeue and
+# submitit's; a requeue that scontrol refused is logged as failed and taken back off the count.
+REQUEUE_MARKS = ("requeueing ", "submitit requeues")
+REQUEUE_FAILED = "scontrol requeue failed"
 
 
 def runs_root(override: str | None = None) -> Path:
@@ -88,6 +96,68 @@ class Run:
         self.manifest = read_json(self.dir / MANIFEST)
         return self
 
+    def modify(self, change: Callable[[dict[str, Any]], bool | None]) -> bool:
+        """Read-modify-write the manifest under the run's lock: status, collect, cancel and resubmit may
+        run at once in different shells, and a plain update would drop what another wrote meanwhile.
+        ``change`` edits the fresh manifest in place and returns False when nothing changed (no write)."""
+        with manifest_lock(self.dir):
+            self.reload()
+            if change(self.manifest) is False:
+                return False
+            write_json_atomic(self.dir / MANIFEST, self.manifest)
+        return True
+
+
+@contextmanager
+def manifest_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive lock on ``run_dir/.manifest.lock`` (flock: released by the kernel if we die)."""
+    fd = os.open(run_dir / ".manifest.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def count_requeues(task_dir: Path) -> int:
+    """In-job requeues of one task, from its events.log: the job script appends a line on the node for
+    each requeue (it must not rewrite the shared manifest there), so this file is the source of truth."""
+    try:
+        text = (task_dir / EVENTS).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return 0
+    lines = text.splitlines()
+    n = sum(1 for ln in lines if any(mark in ln for mark in REQUEUE_MARKS))
+    return max(0, n - sum(1 for ln in lines if REQUEUE_FAILED in ln))
+
+
+def record_requeues(run: Run) -> dict[str, int]:
+    """Fold every task's events.log into the manifest's ``requeues`` {task_index: count} (tasks never
+    requeued are left out) and return it. Written atomically under the lock, and only when it changed;
+    a run folder this user cannot write keeps its old record (status still shows the counts)."""
+    counts = {str(t["index"]): n for t in run.manifest.get("tasks", [])
+              if (n := count_requeues(run.dir / t["dir"]))}
+    if counts != (run.manifest.get("requeues") or {}):
+        def change(m: dict[str, Any]) -> bool:
+            if (m.get("requeues") or {}) == counts:
+                return False
+            m["requeues"] = counts
+            return True
+        try:
+            run.modify(change)
+        except OSError:
+            run.manifest["requeues"] = counts
+    return counts
+
+
+def resubmit_counts(manifest: dict[str, Any]) -> dict[int, int]:
+    """How often ``hpcseg resubmit`` has sent each task again (from the manifest's ``resubmissions``)."""
+    out: dict[int, int] = {}
+    for entry in manifest.get("resubmissions") or []:
+        for k in entry.get("tasks", []):
+            out[int(k)] = out.get(int(k), 0) + 1
+    return out
+
 
 def new_run_dir(job_dir: Path) -> tuple[str, Path]:
     """A fresh, never-before-used run folder; the id is UTC time plus a counter on collision."""
@@ -111,8 +181,8 @@ def create_run(loaded: LoadedJob, scheduler: str, root: Path | None = None) -> R
     root = root or runs_root()
     try:
         run_id, path = new_run_dir(root / spec.slug)
-    except PermissionError as exc:
-        raise HpcsegError(f"{root}: cannot create the run folder ({exc.strerror}); "
+    except OSError as exc:  # not writable, read-only, a regular file on the way, full disk ...
+        raise HpcsegError(f"{root}: cannot create the run folder ({exc.strerror or exc}); "
                           f"choose another with --runs-dir or HPCSEG_RUNS") from None
     manifest = {
         "run_id": run_id,
@@ -134,8 +204,23 @@ def create_run(loaded: LoadedJob, scheduler: str, root: Path | None = None) -> R
         "state": "created",
         "requeues": {},
     }
-    write_json_atomic(path / MANIFEST, manifest)
+    try:
+        write_json_atomic(path / MANIFEST, manifest)
+    except OSError as exc:  # the folder was made but cannot be written (full disk, quota): leave nothing
+        _remove_empty(path)
+        raise HpcsegError(f"{path}: cannot write the run's {MANIFEST} ({exc.strerror or exc}); "
+                          f"choose another folder with --runs-dir or HPCSEG_RUNS") from None
     return Run(path, manifest)
+
+
+def _remove_empty(path: Path) -> None:
+    """Remove a run folder that holds nothing but leftovers of a failed first write."""
+    try:
+        for leftover in path.iterdir():
+            leftover.unlink()
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def open_run(path: str | Path) -> Run:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcseg.errors import EXIT_SCHEDULER, HpcsegError, SchedulerError
-from hpcseg.runs import Run, find_run, list_runs, runs_root
+from hpcseg.runs import Run, find_run, list_runs, record_requeues, resubmit_counts, runs_root
 from hpcseg.schedulers.base import ENDED, JobState
 
 RECENT = 20
@@ -32,7 +32,7 @@ TAIL_LINES = 5
 # A job can take a few seconds to reach accounting; until then "not listed" means "not started yet".
 LISTING_GRACE_S = 300
 EXIT_MEANING = {0: "finished", 1: "failed", 2: "bad input", 4: "diverged",
-                75: "interrupted after checkpoint; resubmit to resume", 127: "command not found",
+                75: "interrupted after checkpoint; hpcseg resubmit resumes it", 127: "command not found",
                 137: "killed (KILL)", 143: "terminated (TERM)"}
 
 
@@ -58,6 +58,14 @@ class TaskStatus:
     exit_code: int | None = None
     log: str | None = None
     log_tail: list[str] = field(default_factory=list)
+    requeues: int = 0   # in-job requeues (events.log, folded into the manifest's `requeues`)
+    resubmits: int = 0  # `hpcseg resubmit` rounds (the manifest's `resubmissions`)
+
+    @property
+    def shown_state(self) -> str:
+        """The state with how often the task went back to the queue, e.g. ``running (requeued 1×)``."""
+        again = [f"{w} {n}×" for w, n in (("requeued", self.requeues), ("resubmitted", self.resubmits)) if n]
+        return f"{self.state} ({', '.join(again)})" if again else self.state
 
     @property
     def ended(self) -> bool:
@@ -217,6 +225,8 @@ def task_table(run: Run, states: Mapping[str, JobState] | None, note: str | None
     mode = spec.get("collection", {}).get("mode", "max")
     early = bool(spec["training"].get("early_stopping", {}).get("patience"))
     ids = m.get("task_ids", {})
+    requeues = record_requeues(run)
+    resubmits = resubmit_counts(m)
     out = []
     for t in m["tasks"]:
         k = t["index"]
@@ -224,13 +234,14 @@ def task_table(run: Run, states: Mapping[str, JobState] | None, note: str | None
         native = ids.get(str(k))
         js = (states or {}).get(native) if native else None
         if js is None and states:
-            js = _array_level(states, m.get("native_ids") or [], task_dir)
+            js = _array_level(states, m.get("native_ids") or [], task_dir, native)
         ec = read_exit_code(task_dir)
         state, detail = _judge(run, k, ec, js, note)
         prog = read_progress(task_dir / "history.csv", metric, mode)
         ts = TaskStatus(k, t["model"], t["fold"], state, detail, native, js.node if js else "",
                         js.elapsed_s if js and js.elapsed_s is not None else (prog.total_s or None),
-                        prog.epoch, epochs, metric, prog.last, prog.best, exit_code=ec)
+                        prog.epoch, epochs, metric, prog.last, prog.best, exit_code=ec,
+                        requeues=requeues.get(str(k), 0), resubmits=resubmits.get(k, 0))
         if state == "running" and prog.mean_epoch_s is not None and prog.epoch is not None:
             ts.eta_s = prog.mean_epoch_s * max(0, epochs - prog.epoch)
             ts.eta_at_most = early
@@ -240,10 +251,13 @@ def task_table(run: Run, states: Mapping[str, JobState] | None, note: str | None
     return out
 
 
-def _array_level(states: Mapping[str, JobState], job_ids: list[str], task_dir: Path) -> JobState | None:
+def _array_level(states: Mapping[str, JobState], job_ids: list[str], task_dir: Path,
+                 native: str | None = None) -> JobState | None:
     """A task's state from its array's single record (Slurm's Torque wrapper): started or not is
-    told by the task's own files; an ended array leaves the verdict to exit_code."""
-    for jid in job_ids:
+    told by the task's own files; an ended array leaves the verdict to exit_code. After a resubmission
+    the run has several arrays: the one the task's id belongs to (``123[4]`` -> ``123``) speaks for it."""
+    own = [jid for jid in job_ids if native and native.startswith(f"{jid}[")]
+    for jid in own or job_ids:
         a = states.get(jid)
         if a is None or not a.array_level or a.state not in ("pending", "running"):
             continue
@@ -381,7 +395,7 @@ def _task_rows(tasks: list[TaskStatus]) -> tuple[list[str], list[list[str]]]:
     for t in tasks:
         eta = "-" if t.eta_s is None else ("≤" if t.eta_at_most else "") + _dur(t.eta_s)
         epoch = f"{t.epoch or 0}/{t.epochs}"
-        rows.append([str(t.index), t.model, str(t.fold), t.state, t.node or "-", _dur(t.elapsed_s), epoch,
+        rows.append([str(t.index), t.model, str(t.fold), t.shown_state, t.node or "-", _dur(t.elapsed_s), epoch,
                      _num(t.last), _num(t.best), eta])
     return head, rows
 
@@ -419,7 +433,7 @@ def _failures(tasks: list[TaskStatus]) -> list[str]:
     for t in tasks:
         if t.log is None and not t.log_tail:
             continue
-        out.append(f"task {t.index} ({t.model} fold {t.fold}) {t.state}: {t.detail}")
+        out.append(f"task {t.index} ({t.model} fold {t.fold}) {t.shown_state}: {t.detail}")
         out.append(f"  log: {t.log}")
         out += [f"  | {ln}" for ln in t.log_tail]
     return out
@@ -453,7 +467,8 @@ def render_rich(snap: Snapshot, single: bool) -> Any:
             tbl.add_column(h, no_wrap=True)
         for r in rows:
             r = list(r)
-            tbl.add_row(*r[:state_col], Text(r[state_col], style=colors.get(r[state_col], "")), *r[state_col + 1:])
+            style = colors.get(r[state_col].split(" ")[0], "")  # "running (requeued 1×)" -> running
+            tbl.add_row(*r[:state_col], Text(r[state_col], style=style), *r[state_col + 1:])
         return tbl
 
     items: list[Any] = [Text(f"! {e}", style="bold red") for e in snap.errors]

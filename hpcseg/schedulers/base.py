@@ -9,6 +9,7 @@ the scheduler, because schedulers forget finished jobs and accounting may be off
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -55,11 +56,27 @@ class Scheduler(ABC):
 
     name: ClassVar[str]
     script: ClassVar[str | None]  # "slurm" | "pbs": which script render_script writes; None: none
+    submit_command: ClassVar[str | None] = None  # checked on PATH before anything is written
+
+    def missing_command(self) -> str | None:
+        """Why submitting cannot work here, found before a run folder exists (nothing half-written)."""
+        if self.submit_command and shutil.which(self.submit_command) is None:
+            return (f"{self.submit_command}: command not found; is {self.name} installed here? "
+                    f"(--scheduler local runs without one)")
+        return None
 
     @abstractmethod
     def submit(self, run_dir: Path, script: Path | None, *, then_collect: bool = False,
                max_parallel: int | None = None) -> Submission:
         """Submit every task of the run as one array job; raise SchedulerError with the scheduler's words."""
+
+    def resubmit(self, run_dir: Path, script: Path | None, indices: Sequence[int]) -> Submission:
+        """Submit ``script``, rendered for ``indices`` only, as a new job of the same run (``hpcseg
+        resubmit``); ``task_ids`` names just those tasks. Backends whose element ids follow from the job
+        id and the index (Slurm's ``123_4``, PBS's ``123[4]``) need nothing more than ``submit``."""
+        sub = self.submit(run_dir, script)
+        return Submission(sub.job_ids, {k: v for k, v in sub.task_ids.items() if k in set(indices)}, None,
+                          sub.logs, sub.extra)
 
     @abstractmethod
     def poll(self, job_ids: Sequence[str]) -> dict[str, JobState]:

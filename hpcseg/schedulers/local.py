@@ -73,6 +73,17 @@ def _cancel_marker(run_dir: Path, index: int) -> Path:
     return run_dir / "logs" / f".cancel-{index}"
 
 
+def _state_path(job: str) -> Path:
+    """A local job id is the run folder (its first supervisor writes local.json) or, for a supervisor
+    started by ``hpcseg resubmit``, the path of that supervisor's own state file."""
+    p = Path(job)
+    return p if p.suffix == ".json" else p / STATE_FILE
+
+
+def _run_dir(job: str) -> Path:
+    return _state_path(job).parent
+
+
 class LocalScheduler(Scheduler):
     name = "local"
     script = None
@@ -80,11 +91,33 @@ class LocalScheduler(Scheduler):
     def submit(self, run_dir: Path, script: Path | None, *, then_collect: bool = False,
                max_parallel: int | None = None) -> Submission:
         run_dir = Path(run_dir).resolve()
+        tasks = [t["index"] for t in read_json(run_dir / "manifest.json")["tasks"]]
+        extra = ["--then-collect"] if then_collect else []
+        pid = self._start(run_dir, run_dir / STATE_FILE, [*extra, "--max-parallel", str(max(1, max_parallel or 1))])
+        job = str(run_dir)
+        return Submission(job_ids=[job], task_ids={k: f"{job}#{k}" for k in tasks},
+                          logs=str(run_dir / "logs"), extra={"pid": pid})
+
+    def resubmit(self, run_dir: Path, script: Path | None, indices: Sequence[int]) -> Submission:
+        """A second supervisor for just ``indices``, with its own state file (the first one may still be
+        running other tasks and owns local.json); its path is the new job id."""
+        run_dir = Path(run_dir).resolve()
+        n = 1
+        while (run_dir / f"local-{n}.json").exists():
+            n += 1
+        state = run_dir / f"local-{n}.json"
+        for k in indices:  # an explicit resubmission overrides an earlier cancel of the task
+            _cancel_marker(run_dir, k).unlink(missing_ok=True)
+        max_parallel = int(read_json(run_dir / "manifest.json").get("max_parallel") or 1)
+        pid = self._start(run_dir, state, ["--tasks", ",".join(map(str, indices)), "--state", state.name,
+                                           "--max-parallel", str(max_parallel)])
+        return Submission(job_ids=[str(state)], task_ids={k: f"{state}#{k}" for k in indices},
+                          logs=str(run_dir / "logs"), extra={"pid": pid})
+
+    def _start(self, run_dir: Path, state: Path, args: list[str]) -> int:
+        """Start a detached supervisor and wait until it has written ``state``; returns its pid."""
         (run_dir / "logs").mkdir(exist_ok=True)
-        argv = [sys.executable, "-m", "hpcseg.schedulers.local", str(run_dir),
-                "--max-parallel", str(max(1, max_parallel or 1))]
-        if then_collect:
-            argv.append("--then-collect")
+        argv = [sys.executable, "-m", "hpcseg.schedulers.local", str(run_dir), *args]
         log = run_dir / "logs" / "local-supervisor.log"
         with open(log, "ab") as out:
             try:
@@ -95,16 +128,13 @@ class LocalScheduler(Scheduler):
         # Wait until it has written its state (a fraction of a second), so a crash is reported here.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if proc.poll() is not None and not (run_dir / STATE_FILE).exists():
+            if proc.poll() is not None and not state.exists():
                 tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
                 raise SchedulerError(f"the local supervisor exited at once ({proc.returncode}): {tail[0]}")
-            if (run_dir / STATE_FILE).exists():
+            if state.exists():
                 break
             time.sleep(0.05)
-        tasks = [t["index"] for t in read_json(run_dir / "manifest.json")["tasks"]]
-        job = str(run_dir)
-        return Submission(job_ids=[job], task_ids={k: f"{job}#{k}" for k in tasks},
-                          logs=str(run_dir / "logs"), extra={"pid": proc.pid})
+        return proc.pid
 
     def poll(self, job_ids: Sequence[str]) -> dict[str, JobState]:
         """Reads each run's local.json; no scheduler command at all."""
@@ -112,7 +142,7 @@ class LocalScheduler(Scheduler):
         host = socket.gethostname()
         for job in job_ids:
             try:
-                st = read_json(Path(job) / STATE_FILE)
+                st = read_json(_state_path(job))
             except (OSError, ValueError):
                 continue
             sup = st.get("supervisor", {})
@@ -124,7 +154,7 @@ class LocalScheduler(Scheduler):
                 if state in ("pending", "running") and not alive:
                     orphan = state == "running" and _alive(t.get("pid"), t.get("start"))
                     native = f"{state}; supervisor {sup.get('pid')} is gone"
-                    cancelled = _cancel_marker(Path(job), int(k)).exists()
+                    cancelled = _cancel_marker(_run_dir(job), int(k)).exists()
                     state = "running" if orphan else ("cancelled" if cancelled else "failed")
                 started, ended = t.get("started"), t.get("ended")
                 elapsed = (ended or now) - started if started else None
@@ -137,12 +167,12 @@ class LocalScheduler(Scheduler):
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         for job in job_ids:
-            run_dir, _, index = job.partition("#")
-            run_dir_p = Path(run_dir)
+            base, _, index = job.partition("#")
+            run_dir_p = _run_dir(base)
             try:
-                st = read_json(run_dir_p / STATE_FILE)
+                st = read_json(_state_path(base))
             except (OSError, ValueError):
-                raise SchedulerError(f"{run_dir}: no {STATE_FILE}; was this run started locally?") from None
+                raise SchedulerError(f"{base}: no {_state_path(base).name}; was this run started locally?") from None
             sup = st.get("supervisor", {})
             if index:
                 # Marker first (a pending task is then never started), then TERM to a running one.
@@ -169,7 +199,8 @@ class LocalScheduler(Scheduler):
 
 
 class _Supervisor:
-    def __init__(self, run_dir: Path, max_parallel: int, then_collect: bool):
+    def __init__(self, run_dir: Path, max_parallel: int, then_collect: bool, only: list[int] | None = None,
+                 state_file: str = STATE_FILE):
         from hpcseg.render import container_command
         from hpcseg.spec import JobSpec
 
@@ -183,8 +214,10 @@ class _Supervisor:
         self.then_collect = then_collect
         self.cancelling = False
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.state_path = run_dir / state_file
         self.tasks: dict[int, dict[str, Any]] = {t["index"]: {"state": "pending", "dir": t["dir"]}
-                                                 for t in self.manifest["tasks"]}
+                                                 for t in self.manifest["tasks"]
+                                                 if only is None or t["index"] in only}
         self.state: dict[str, Any] = {
             "supervisor": {"pid": os.getpid(), "start": _proc_start(os.getpid()), "host": socket.gethostname()},
             "max_parallel": self.max_parallel, "cpus_per_task": self.cpus, "state": "running",
@@ -193,7 +226,7 @@ class _Supervisor:
         }
 
     def save(self) -> None:
-        write_json_atomic(self.run_dir / STATE_FILE, self.state)
+        write_json_atomic(self.state_path, self.state)
 
     def _on_term(self, signum: int, _frame: Any) -> None:
         self.cancelling = True
@@ -287,8 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--max-parallel", type=int, default=1)
     p.add_argument("--then-collect", action="store_true")
+    p.add_argument("--tasks", help="only these task indices, e.g. 2,5 (hpcseg resubmit)")
+    p.add_argument("--state", default=STATE_FILE, help="state file name in the run folder")
     a = p.parse_args(argv)
-    return _Supervisor(Path(a.run_dir).resolve(), a.max_parallel, a.then_collect).run()
+    only = [int(k) for k in a.tasks.split(",")] if a.tasks else None
+    return _Supervisor(Path(a.run_dir).resolve(), a.max_parallel, a.then_collect, only, a.state).run()
 
 
 if __name__ == "__main__":

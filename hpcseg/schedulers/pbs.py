@@ -87,6 +87,7 @@ def parse_qstat(text: str, array_level: Sequence[str] = ()) -> dict[str, JobStat
 class PbsScheduler(Scheduler):
     name = "pbs"
     script = "pbs"
+    submit_command = "qsub"
     _flags: list[str] | None = None  # qstat flags that worked for this PBS, learnt once per process
 
     def submit(self, run_dir: Path, script: Path | None, *, then_collect: bool = False,
@@ -99,6 +100,16 @@ class PbsScheduler(Scheduler):
         tasks = [t["index"] for t in read_json(run_dir / "manifest.json")["tasks"]]
         collect = self._submit_collect(run_dir, job) if then_collect else None
         return Submission([job], {k: self.task_id(job, k) for k in tasks}, collect, str(run_dir / "logs"))
+
+    def resubmit(self, run_dir: Path, script: Path | None, indices: Sequence[int]) -> Submission:
+        """qsub a script rendered for ``indices``; a PBS Pro script for one task has no ``-J`` (not an
+        array), so that task is reported under the plain job id."""
+        if script is None:
+            raise SchedulerError("pbs: no job script to submit")
+        job = self._qsub(["qsub", script.name], Path(run_dir))
+        array = re.search(r"^#PBS -[Jt] ", script.read_text(), re.MULTILINE) is not None
+        return Submission([job], {k: self.task_id(job, k) if array else job for k in indices}, None,
+                          str(Path(run_dir) / "logs"))
 
     @staticmethod
     def task_id(job: str, index: int) -> str:

@@ -82,6 +82,7 @@ def parse_squeue(text: str) -> dict[str, JobState]:
 class SlurmScheduler(Scheduler):
     name = "slurm"
     script = "slurm"
+    submit_command = "sbatch"
     _no_accounting = False
 
     def submit(self, run_dir: Path, script: Path | None, *, then_collect: bool = False,

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,14 +144,23 @@ class SubmititSlurmScheduler(SlurmScheduler):
 
     def submit(self, run_dir: Path, script: Path | None, *, then_collect: bool = False,
                max_parallel: int | None = None) -> Submission:
+        run_dir = Path(run_dir)
+        indices = [t["index"] for t in read_json(run_dir / "manifest.json")["tasks"]]
+        sub = self._map(run_dir, indices)
+        sub.collect_id = self.submit_collect(run_dir, sub.job_ids[0]) if then_collect else None
+        return sub
+
+    def resubmit(self, run_dir: Path, script: Path | None, indices: Sequence[int]) -> Submission:
+        """A new submitit array of just ``indices`` (``hpcseg resubmit``)."""
+        return self._map(Path(run_dir), list(indices))
+
+    def _map(self, run_dir: Path, indices: list[int]) -> Submission:
         import submitit
 
         from hpcseg.spec import JobSpec
 
-        run_dir = Path(run_dir)
         m = read_json(run_dir / "manifest.json")
         spec = JobSpec.model_validate(m["spec"])
-        indices = [t["index"] for t in m["tasks"]]
         folder = run_dir / "logs" / "submitit"
         try:
             ex = submitit.SlurmExecutor(folder=folder, python=python_command(spec, run_dir, m.get("entrypoint")),
@@ -161,9 +171,7 @@ class SubmititSlurmScheduler(SlurmScheduler):
         except Exception as exc:  # submitit wraps sbatch's failure in its own exception types
             raise SchedulerError(f"sbatch (via submitit) failed: {one_line(str(exc))}") from None
         array = jobs[0].job_id.split("_")[0]
-        collect = self.submit_collect(run_dir, array) if then_collect else None
-        return Submission([array], {k: j.job_id for k, j in zip(indices, jobs, strict=True)}, collect,
-                          str(folder))
+        return Submission([array], {k: j.job_id for k, j in zip(indices, jobs, strict=True)}, None, str(folder))
 
     def log_paths(self, run_dir: Path, index: int, task_id: str | None) -> list[Path]:
         folder = run_dir / "logs" / "submitit"

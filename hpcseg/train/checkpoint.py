@@ -5,10 +5,13 @@ is kept as ``checkpoint_prev.pt`` (hard-linked before the rename, so at every mo
 complete checkpoint exists under its name). A last checkpoint that cannot be read — truncated by a full
 disk, corrupted by a dying node — falls back to the previous one with a warning, costing one epoch.
 Everything stored is tensors and plain Python values, so loading uses ``weights_only=True``.
+A write that runs out of space (full disk, quota, file-size limit) removes its temporary file and raises
+:class:`DiskFullError` naming the file: the checkpoint it was to replace is still there, untouched.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -19,22 +22,53 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpcseg.errors import EXIT_FAILED, HpcsegError
+
 log = logging.getLogger("hpcseg.train")
 
 LAST, PREV, BEST = "checkpoint_last.pt", "checkpoint_prev.pt", "checkpoint_best.pt"
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class DiskFullError(HpcsegError):
+    """No room to write a file: a plain message (exit 1), not a traceback from deep inside torch."""
+
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=EXIT_FAILED)
+
+
+def no_space(exc: BaseException) -> OSError | None:
+    """The out-of-space OSError behind ``exc``, if any. torch.save reports a failed write as a
+    RuntimeError ("unexpected pos ...") whose context holds the real OSError, so the chain is followed."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        full = no_space(exc)
+        if full is None:
+            raise
+        kept = " (the previous one is kept)" if path.exists() else ""
+        raise DiskFullError(f"{path}: cannot write the checkpoint{kept}: the disk is full "
+                            f"({full.strerror or os.strerror(full.errno or 0)}); free space or raise the quota, "
+                            f"then resubmit to resume") from exc
 
 
 def save_last(task_dir: Path, state: dict[str, Any]) -> None:
