@@ -82,3 +82,13 @@ def _slurm_marker_needs_cluster(request):
     """Every test marked `slurm` gets (and so skips or fails on) the slurm_cluster fixture."""
     if request.node.get_closest_marker("slurm") is not None:
         request.getfixturevalue("slurm_cluster")
+
+
+@pytest.fixture(scope="session")
+def microbeads(tmp_path_factory):
+    """Twelve 32-px synthetic microbead pairs shared by the scheduler and fault tests (read-only)."""
+    from hpcseg.synth import make_microbeads
+
+    root = tmp_path_factory.mktemp("microbeads") / "data"
+    make_microbeads(root, n=12, size=32)
+    return root

@@ -69,14 +69,6 @@ def load_tiny(data: Path, **kw):
     return loaded
 
 
-@pytest.fixture(scope="session")
-def microbeads(tmp_path_factory) -> Path:
-    from hpcseg.synth import make_microbeads
-
-    root = tmp_path_factory.mktemp("microbeads") / "data"
-    make_microbeads(root, n=12, size=32)
-    return root
-
 
 @pytest.fixture
 def fake_trainer(tmp_path) -> list[str]:

@@ -71,14 +71,6 @@ def sacct_states(job: str) -> dict[str, str]:
     return dict(line.split("|")[:2] for line in p.stdout.split())
 
 
-@pytest.fixture(scope="module")
-def microbeads(tmp_path_factory) -> Path:
-    from hpcseg.synth import make_microbeads
-
-    root = tmp_path_factory.mktemp("slurm-microbeads") / "data"
-    make_microbeads(root, n=12, size=32)
-    return root
-
 
 @pytest.fixture
 def cleanup(slurm_cluster):
