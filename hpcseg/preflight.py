@@ -228,6 +228,55 @@ def _check_pairs(c: _Checks, left: dict[str, Path], right: dict[str, Path], left
     return sorted(set(left) & set(right))
 
 
+@dataclass
+class _Side:
+    """One folder of a paired layout (images/masks, cores/labels) and how its files are summarised."""
+
+    folder: Path | None
+    files: list[Path]
+    what: str  # plural, for messages: "images", "label maps"
+    kind: str  # singular, for orphan messages: "image", "label map"
+    exts: Sequence[str]
+    summarise: Callable[[Path], _Read]
+
+
+@dataclass
+class _Paired:
+    pairs: list[str]
+    by_left: dict[str, Path]
+    by_right: dict[str, Path]
+    left_reads: list[_Read]
+    right_reads: list[_Read]
+
+
+def _check_paired(c: _Checks, left: _Side, right: _Side, right_pattern: str, count_as: str) -> _Paired:
+    """What every two-folder layout needs: stray and missing files, the expected count, orphans on both
+    sides, and every file decoded (in a thread pool) with its read errors reported."""
+    for side in (left, right):
+        if side.folder is None:
+            continue
+        _ignored_files(c, side.folder, side.files, side.what, side.exts)
+        if not side.files:
+            c.error("dataset", side.folder, f"no {side.what} here ({', '.join(side.exts)})")
+    if left.folder is not None and left.files:
+        _check_expected_count(c, len(left.files), count_as, left.folder)
+    c.count("images", len(left.files))
+    c.count("masks", len(right.files))
+    by_left = _by_stem(c, left.files, left.folder) if left.folder else {}
+    by_right = _by_stem(c, right.files, right.folder) if right.folder else {}
+    pairs: list[str] = []
+    if left.folder and right.folder:
+        pairs = _check_pairs(c, by_left, by_right, left.folder, right.folder, left.kind, right.kind,
+                             right_pattern)
+    c.count("pairs", len(pairs))
+    left_reads = _read_all(left.files, left.summarise)
+    right_reads = _read_all(right.files, right.summarise)
+    c.count("files_read", len(left_reads) + len(right_reads))
+    _report_read_errors(c, left_reads)
+    _report_read_errors(c, right_reads)
+    return _Paired(pairs, by_left, by_right, left_reads, right_reads)
+
+
 def _check_expected_count(c: _Checks, found: int, what: str, where: Path) -> None:
     expected = c.spec.workload.dataset.expected_count
     if expected is not None and found != expected:
@@ -312,31 +361,11 @@ def _check_microbead(c: _Checks, root: Path) -> None:
     masks_dir = _subfolder(c, root, "masks", "the masks (same file names as the images)")
     images = list_images(images_dir) if images_dir else []
     masks = [p for p in list_images(masks_dir) if p.suffix.lower() in MASK_EXTENSIONS] if masks_dir else []
-    for folder, files, what, exts in ((images_dir, images, "images", IMAGE_EXTENSIONS),
-                                      (masks_dir, masks, "masks", MASK_EXTENSIONS)):
-        if folder is None:
-            continue
-        _ignored_files(c, folder, files, what, exts)
-        if not files:
-            c.error("dataset", folder, f"no {what} here ({', '.join(exts)})")
-    if images_dir is not None and images:
-        _check_expected_count(c, len(images), "image", images_dir)
-    c.count("images", len(images))
-    c.count("masks", len(masks))
-
-    by_image = _by_stem(c, images, images_dir) if images_dir else {}
-    by_mask = _by_stem(c, masks, masks_dir) if masks_dir else {}
-    pairs: list[str] = []
-    if images_dir and masks_dir:
-        pairs = _check_pairs(c, by_image, by_mask, images_dir, masks_dir, "image", "mask",
-                             "masks/<name>.png or .tif")
-    c.count("pairs", len(pairs))
-
-    image_reads = _read_all(images, _summarise_image)
-    mask_reads = _read_all(masks, _summarise_mask)
-    c.count("files_read", len(image_reads) + len(mask_reads))
-    _report_read_errors(c, image_reads)
-    _report_read_errors(c, mask_reads)
+    paired = _check_paired(c, _Side(images_dir, images, "images", "image", IMAGE_EXTENSIONS, _summarise_image),
+                           _Side(masks_dir, masks, "masks", "mask", MASK_EXTENSIONS, _summarise_mask),
+                           "masks/<name>.png or .tif", "image")
+    pairs, by_image, by_mask = paired.pairs, paired.by_left, paired.by_right
+    image_reads, mask_reads = paired.left_reads, paired.right_reads
     for r in mask_reads:
         _check_binary(c, r)
     img_of = {r.path: r for r in image_reads}
@@ -495,29 +524,12 @@ def _check_hyperspectral(c: _Checks, root: Path) -> None:
     ds = c.spec.workload.dataset
     cores_dir = _subfolder(c, root, "cores", "one (H, W, bands) .npy cube per core")
     labels_dir = _subfolder(c, root, "labels", "one (H, W) .npy label map per core (same name as the cube)")
-    cores = _npy_files(cores_dir)
-    labels = _npy_files(labels_dir)
-    c.count("images", len(cores))
-    c.count("masks", len(labels))
-    for folder, files, what in ((cores_dir, cores, "cubes"), (labels_dir, labels, "label maps")):
-        if folder is not None:
-            _ignored_files(c, folder, files, what, [".npy"])
-            if not files:
-                c.error("dataset", folder, f"no {what} here (.npy files)")
-    if cores_dir is not None and cores:
-        _check_expected_count(c, len(cores), "core", cores_dir)
-    by_core = {p.stem: p for p in cores}
-    by_label = {p.stem: p for p in labels}
-    pairs: list[str] = []
-    if cores_dir and labels_dir:
-        pairs = _check_pairs(c, by_core, by_label, cores_dir, labels_dir, "core", "label map",
-                             "labels/<core>.npy")
-    c.count("pairs", len(pairs))
-    cube_reads = _read_all(cores, _summarise_cube)
-    label_reads = _read_all(labels, _summarise_label_map)
-    c.count("files_read", len(cube_reads) + len(label_reads))
-    _report_read_errors(c, cube_reads)
-    _report_read_errors(c, label_reads)
+    paired = _check_paired(c, _Side(cores_dir, _npy_files(cores_dir), "cubes", "core", [".npy"], _summarise_cube),
+                           _Side(labels_dir, _npy_files(labels_dir), "label maps", "label map", [".npy"],
+                                 _summarise_label_map),
+                           "labels/<core>.npy", "core")
+    pairs, by_core, by_label = paired.pairs, paired.by_left, paired.by_right
+    cube_reads, label_reads = paired.left_reads, paired.right_reads
     wrong = [r for r in cube_reads if r.error is None and r.channels != ds.channels]
     for got in sorted({r.channels for r in wrong}):
         group = [r for r in wrong if r.channels == got]
