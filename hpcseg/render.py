@@ -55,7 +55,7 @@ _PBS_OWNED = {"-J", "-t", "-o", "-e", "-N"}
 # --------------------------------------------------------------------------------------------- values
 
 
-def _check(value: str | None, kind: str, field: str) -> str | None:
+def check_directive_value(value: str | None, kind: str, field: str) -> str | None:
     """Return value if it is safe on a directive line, else raise naming the field."""
     if value is None:
         return None
@@ -224,7 +224,7 @@ def _array_indices(spec: JobSpec, task_indices: list[int] | None) -> list[int]:
 
 def _slurm_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
     r, s = spec.resources, spec.resources.slurm
-    gpu_type = _check(s.gpu_type, "gpu_type", "resources.slurm.gpu_type")
+    gpu_type = check_directive_value(s.gpu_type, "gpu_type", "resources.slurm.gpu_type")
     gpus = None
     if r.gpus > 0:
         gpus = (f"--gres=gpu:{gpu_type}:{r.gpus}" if gpu_type else f"--gres=gpu:{r.gpus}") \
@@ -232,10 +232,10 @@ def _slurm_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
     array = _ranges(indices) + (f"%{r.array_parallelism}" if r.array_parallelism else "")
     return {
         "job_name": spec.slug,
-        "partition": _check(r.queue, "queue", "resources.queue"),
-        "account": _check(r.account, "account", "resources.account"),
-        "qos": _check(s.qos, "qos", "resources.slurm.qos"),
-        "constraint": _check(s.constraint, "constraint", "resources.slurm.constraint"),
+        "partition": check_directive_value(r.queue, "queue", "resources.queue"),
+        "account": check_directive_value(r.account, "account", "resources.account"),
+        "qos": check_directive_value(s.qos, "qos", "resources.slurm.qos"),
+        "constraint": check_directive_value(s.constraint, "constraint", "resources.slurm.constraint"),
         "time": r.walltime,
         "cpus": r.cpus,
         "memory": f"--mem-per-gpu={r.mem_per_gpu_mb}M" if r.mem_per_gpu_mb else f"--mem={r.memory_mb}M",
@@ -258,7 +258,7 @@ def _pbs_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
         # Torque emulation fails every task whose -o names a directory.
         out, err = f"logs/{name}.out", f"logs/{name}.err"
     else:
-        select = _check(p.select, "select", "resources.pbs.select")
+        select = check_directive_value(p.select, "select", "resources.pbs.select")
         if select:
             resources = select if select.startswith("select=") else f"select={select}"
         else:
@@ -273,8 +273,8 @@ def _pbs_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
     return {
         "flavor": p.flavor,
         "job_name": name,
-        "queue": _check(r.queue, "queue", "resources.queue"),
-        "account": _check(r.account, "account", "resources.account"),
+        "queue": check_directive_value(r.queue, "queue", "resources.queue"),
+        "account": check_directive_value(r.account, "account", "resources.account"),
         "account_flag": p.account_flag,
         "resources": resources,
         "walltime": r.walltime,

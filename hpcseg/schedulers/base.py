@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from hpcseg.errors import SchedulerError
+from hpcseg.fsutil import read_json
 
 # The normalised states every backend maps its own vocabulary onto.
 STATES = ("pending", "running", "completed", "failed", "cancelled", "timeout", "preempted", "requeued", "unknown")
@@ -65,10 +66,31 @@ class Scheduler(ABC):
                     f"(--scheduler local runs without one)")
         return None
 
-    @abstractmethod
     def submit(self, run_dir: Path, script: Path | None, *, then_collect: bool = False,
                max_parallel: int | None = None) -> Submission:
-        """Submit every task of the run as one array job; raise SchedulerError with the scheduler's words."""
+        """Submit every task of the run as one array job; raise SchedulerError with the scheduler's words.
+
+        Script-based backends only supply the hooks below (psij's shape); others override this."""
+        if script is None:
+            raise SchedulerError(f"{self.name}: no job script to submit")
+        run_dir = Path(run_dir)
+        (run_dir / "logs").mkdir(exist_ok=True)
+        job = self.submit_script(script, run_dir)
+        tasks = [t["index"] for t in read_json(run_dir / "manifest.json")["tasks"]]
+        collect = self.submit_collect(run_dir, job) if then_collect else None
+        return Submission([job], {k: self.task_id(job, k) for k in tasks}, collect, str(run_dir / "logs"))
+
+    def submit_script(self, script: Path, run_dir: Path) -> str:
+        """Hook: submit the rendered script from the run folder; return the job id."""
+        raise NotImplementedError(f"{self.name} submits without a script")
+
+    def task_id(self, job: str, index: int) -> str:
+        """Hook: the id array element ``index`` of ``job`` is reported under."""
+        raise NotImplementedError(f"{self.name} names no array elements")
+
+    def submit_collect(self, run_dir: Path, after: str) -> str:
+        """Hook: a job that runs ``hpcseg collect`` once ``after`` has ended, however it ended."""
+        raise NotImplementedError(f"{self.name} has no dependent collect job")
 
     def resubmit(self, run_dir: Path, script: Path | None, indices: Sequence[int]) -> Submission:
         """Submit ``script``, rendered for ``indices`` only, as a new job of the same run (``hpcseg

@@ -90,16 +90,8 @@ class PbsScheduler(Scheduler):
     submit_command = "qsub"
     _flags: list[str] | None = None  # qstat flags that worked for this PBS, learnt once per process
 
-    def submit(self, run_dir: Path, script: Path | None, *, then_collect: bool = False,
-               max_parallel: int | None = None) -> Submission:
-        if script is None:
-            raise SchedulerError("pbs: no job script to submit")
-        run_dir = Path(run_dir)
-        (run_dir / "logs").mkdir(exist_ok=True)
-        job = self._qsub(["qsub", script.name], run_dir)
-        tasks = [t["index"] for t in read_json(run_dir / "manifest.json")["tasks"]]
-        collect = self._submit_collect(run_dir, job) if then_collect else None
-        return Submission([job], {k: self.task_id(job, k) for k in tasks}, collect, str(run_dir / "logs"))
+    def submit_script(self, script: Path, run_dir: Path) -> str:
+        return self._qsub(["qsub", script.name], run_dir)
 
     def resubmit(self, run_dir: Path, script: Path | None, indices: Sequence[int]) -> Submission:
         """qsub a script rendered for ``indices``; a PBS Pro script for one task has no ``-J`` (not an
@@ -111,8 +103,7 @@ class PbsScheduler(Scheduler):
         return Submission([job], {k: self.task_id(job, k) if array else job for k in indices}, None,
                           str(Path(run_dir) / "logs"))
 
-    @staticmethod
-    def task_id(job: str, index: int) -> str:
+    def task_id(self, job: str, index: int) -> str:
         m = _ARRAY.match(job)
         return f"{m.group(1)}[{index}]{m.group(2)}" if m else f"{job}[{index}]"
 
@@ -124,10 +115,12 @@ class PbsScheduler(Scheduler):
             raise SchedulerError(f"qsub failed: {one_line(p.stderr + chr(10) + out)}")
         return out
 
-    def _submit_collect(self, run_dir: Path, after: str) -> str:
+    def submit_collect(self, run_dir: Path, after: str) -> str:
         """``hpcseg collect`` after every task ended however it ended (``depend=afterany``)."""
         import shlex
         import sys
+
+        from hpcseg.render import check_directive_value
 
         m = read_json(run_dir / "manifest.json")
         r = m["spec"]["resources"]
@@ -135,7 +128,8 @@ class PbsScheduler(Scheduler):
         res = "select=1:ncpus=1:mem=4gb" if flavor == "pro" else "nodes=1:ppn=1,mem=4gb"
         lines = ["#!/bin/bash", f"#PBS -N collect-{m['run_id'][-6:].replace('-', '')}", f"#PBS -l {res}",
                  "#PBS -l walltime=00:30:00", "#PBS -j oe", "#PBS -o logs/collect.out",
-                 *([f"#PBS -q {r['queue']}"] if r.get("queue") else []),
+                 *([f"#PBS -q {check_directive_value(r['queue'], 'queue', 'resources.queue')}"]
+                   if r.get("queue") else []),
                  f"cd {shlex.quote(str(run_dir))}",
                  f"exec {shlex.join([sys.executable, '-m', 'hpcseg', 'collect', str(run_dir)])}", ""]
         script = write_text_atomic(run_dir / "collect.pbs", "\n".join(lines), mode=0o755)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hpcseg.errors import SchedulerError
 from hpcseg.fsutil import read_json
-from hpcseg.schedulers.base import JobState, Scheduler, Submission, hms_seconds, one_line
+from hpcseg.schedulers.base import JobState, Scheduler, hms_seconds, one_line
 
 STATE_MAP = {
     "PENDING": "pending", "CONFIGURING": "pending", "REQUEUE_HOLD": "pending", "REQUEUE_FED": "pending",
@@ -85,16 +85,11 @@ class SlurmScheduler(Scheduler):
     submit_command = "sbatch"
     _no_accounting = False
 
-    def submit(self, run_dir: Path, script: Path | None, *, then_collect: bool = False,
-               max_parallel: int | None = None) -> Submission:
-        if script is None:
-            raise SchedulerError("slurm: no job script to submit")
-        run_dir = Path(run_dir)
-        (run_dir / "logs").mkdir(exist_ok=True)
-        job = self._sbatch(["sbatch", "--parsable", script.name], run_dir)
-        tasks = [t["index"] for t in read_json(run_dir / "manifest.json")["tasks"]]
-        collect = self.submit_collect(run_dir, job) if then_collect else None
-        return Submission([job], {k: f"{job}_{k}" for k in tasks}, collect, str(run_dir / "logs"))
+    def submit_script(self, script: Path, run_dir: Path) -> str:
+        return self._sbatch(["sbatch", "--parsable", script.name], run_dir)
+
+    def task_id(self, job: str, index: int) -> str:
+        return f"{job}_{index}"
 
     def _sbatch(self, argv: list[str], cwd: Path) -> str:
         # sbatch retries an unreachable controller for a while; give it longer than a status query.
@@ -108,10 +103,10 @@ class SlurmScheduler(Scheduler):
 
     def submit_collect(self, run_dir: Path, after: str) -> str:
         """A one-CPU job that runs ``hpcseg collect`` after every task has ended, however it ended."""
-        spec = read_json(run_dir / "manifest.json")["spec"]
-        part = spec["resources"].get("queue")
+        manifest = read_json(run_dir / "manifest.json")
+        part = manifest["spec"]["resources"].get("queue")
         cmd = shlex.join([sys.executable, "-m", "hpcseg", "collect", str(run_dir)])
-        argv = ["sbatch", "--parsable", f"--dependency=afterany:{after}", f"--job-name={spec_slug(spec)}-collect",
+        argv = ["sbatch", "--parsable", f"--dependency=afterany:{after}", f"--job-name={manifest['job_slug']}-collect",
                 *COLLECT_RESOURCES, "--output=logs/collect_%j.out", *([f"--partition={part}"] if part else []),
                 f"--wrap={cmd}"]
         return self._sbatch(argv, run_dir)
@@ -201,7 +196,3 @@ def accounting_enabled() -> bool | None:
         return None  # try sacct, fall back on its error
     m = re.search(r"^\s*AccountingStorageType\s*=\s*(\S+)", text, re.MULTILINE | re.IGNORECASE)
     return bool(m) and "none" not in m.group(1).lower()
-
-
-def spec_slug(spec: dict) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.get("name", "job")).strip("._") or "job"
