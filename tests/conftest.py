@@ -92,3 +92,14 @@ def microbeads(tmp_path_factory):
     root = tmp_path_factory.mktemp("microbeads") / "data"
     make_microbeads(root, n=12, size=32)
     return root
+
+
+@pytest.fixture
+def cleanup(slurm_cluster):
+    """Job ids to scancel after the test, whatever happened."""
+    import subprocess
+
+    ids: list[str] = []
+    yield ids
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)

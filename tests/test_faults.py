@@ -116,25 +116,16 @@ def assert_sacct_completed(job: str, timeout: float = 60) -> None:
         time.sleep(1)
 
 
-@pytest.fixture
-def cancel_after(slurm_cluster):
-    """Job ids to scancel after the test, whatever happened."""
-    ids: list[str] = []
-    yield ids
-    if ids:
-        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
-
-
 # --------------------------------------------------------------------------------------------- Slurm
 
 
 @pytest.mark.slurm
-def test_usr1_mid_training_requeues_resumes_and_is_recorded(tmp_path, beads, cancel_after):
+def test_usr1_mid_training_requeues_resumes_and_is_recorded(tmp_path, beads, cleanup):
     """The walltime warning (USR1 to the batch shell, forwarded): checkpoint, exit 75, the job script
     requeues its element, the next attempt resumes; every epoch once; events.log, manifest and status
     all say "requeued 1×"."""
     run = submit(tmp_path, job_file(tmp_path, beads), "slurm")
-    cancel_after += run.manifest["native_ids"]
+    cleanup += run.manifest["native_ids"]
     task = run.task_dir(0)
     wait_for(started(task), 120, "two epochs in history.csv")
     assert len(epochs_in(task)) < 30, "the task finished before the signal: make epochs slower"
@@ -153,13 +144,13 @@ def test_usr1_mid_training_requeues_resumes_and_is_recorded(tmp_path, beads, can
 
 
 @pytest.mark.slurm
-def test_sigkill_mid_epoch_then_resubmit_resumes_from_checkpoint(tmp_path, beads, cancel_after):
+def test_sigkill_mid_epoch_then_resubmit_resumes_from_checkpoint(tmp_path, beads, cleanup):
     """SIGKILL leaves no chance to save: the job script records 137; `hpcseg resubmit --tasks 0` sends the
     task again as a new job, which resumes from the last epoch's checkpoint; every epoch once. The limit
     (training.max_requeues: 1) then refuses a second resubmission."""
     run = submit(tmp_path, job_file(tmp_path, beads, max_requeues=1), "slurm")
     first = run.manifest["native_ids"][0]
-    cancel_after.append(first)
+    cleanup.append(first)
     task = run.task_dir(0)
     wait_for(started(task), 120, "two epochs in history.csv")
     pid = subprocess.run(["pgrep", "-f", f"hpcseg train --run {run.dir} --task 0"], capture_output=True,
@@ -178,7 +169,7 @@ def test_sigkill_mid_epoch_then_resubmit_resumes_from_checkpoint(tmp_path, beads
     assert r.returncode == 0, r.stderr
     m = open_run(run.dir).manifest
     second = m["native_ids"][1]
-    cancel_after.append(second)
+    cleanup.append(second)
     assert len(m["native_ids"]) == 2 and m["task_ids"]["0"] == f"{second}_0"
     assert m["resubmissions"][0]["tasks"] == [0] and m["resubmissions"][0]["previous"]["0"]["exit_code"] == 137
     assert "#SBATCH --array=0" in (run.dir / "job.resubmit-1.slurm").read_text()
@@ -198,11 +189,11 @@ def test_sigkill_mid_epoch_then_resubmit_resumes_from_checkpoint(tmp_path, beads
 
 
 @pytest.mark.slurm
-def test_slurmd_restart_while_a_task_runs(tmp_path, beads, slurm_cluster, cancel_after):
+def test_slurmd_restart_while_a_task_runs(tmp_path, beads, slurm_cluster, cleanup):
     """On this cluster (Slurm 22.05, no cgroups) slurmstepd outlives a slurmd restart: the task keeps
     training and completes normally, without a restart (documented in docs/schedulers.md)."""
     run = submit(tmp_path, job_file(tmp_path, beads, epochs=40), "slurm")
-    cancel_after += run.manifest["native_ids"]
+    cleanup += run.manifest["native_ids"]
     task = run.task_dir(0)
     wait_for(started(task, 1), 120, "the first epoch in history.csv")
     try:
@@ -218,12 +209,12 @@ def test_slurmd_restart_while_a_task_runs(tmp_path, beads, slurm_cluster, cancel
 
 
 @pytest.mark.slurm
-def test_pbs_interrupted_task_is_resubmitted_through_qsub(tmp_path, beads, cancel_after):
+def test_pbs_interrupted_task_is_resubmitted_through_qsub(tmp_path, beads, cleanup):
     """PBS has no in-job requeue: exit 75 is written and status says preempted; `hpcseg resubmit`
     (default: the exit-75 tasks) qsubs a script for that task alone, which resumes and completes."""
     run = submit(tmp_path, job_file(tmp_path, beads), "pbs")
     job = run.manifest["native_ids"][0]
-    cancel_after.append(job)
+    cleanup.append(job)
     task = run.task_dir(0)
     wait_for(started(task), 120, "two epochs in history.csv")
     # Under Slurm's Torque wrapper the qsub id is a Slurm job id: USR1 to the batch shell, forwarded.
@@ -236,7 +227,7 @@ def test_pbs_interrupted_task_is_resubmitted_through_qsub(tmp_path, beads, cance
     assert r.returncode == 0, r.stderr
     m = open_run(run.dir).manifest
     assert len(m["native_ids"]) == 2
-    cancel_after.append(m["native_ids"][1])
+    cleanup.append(m["native_ids"][1])
     assert m["task_ids"]["0"] == m["native_ids"][1]  # one task: a plain job, not an array
     assert (run.dir / "job.resubmit-1.pbs").exists()
     tasks, _ = wait_ended(run, timeout=180)

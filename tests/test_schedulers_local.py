@@ -164,15 +164,20 @@ def test_submit_cli_returns_at_once_and_status_works_from_another_process(tmp_pa
     assert all(t["epoch"] == 3 for t in out["runs"][0]["tasks"])
 
 
-def test_cancel_run_stops_running_and_pending_tasks(tmp_path, microbeads, fake_trainer, monkeypatch):
-    monkeypatch.setenv("FAKE_EPOCH_S", "5")
-    run = submit_job(load_tiny(microbeads, epochs=20), "local", runs_dir=tmp_path / "runs", check=False,
-                     max_parallel=1, entrypoint=fake_trainer)
+def wait_first_task_running(run) -> None:
+    """Until the supervisor reports task 0 running, plus a moment for the stand-in's TERM handler."""
     deadline = time.monotonic() + 20
     while read_json(run.dir / "local.json")["tasks"]["0"]["state"] != "running":
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    time.sleep(0.5)  # let the stand-in install its TERM handler
+    time.sleep(0.5)
+
+
+def test_cancel_run_stops_running_and_pending_tasks(tmp_path, microbeads, fake_trainer, monkeypatch):
+    monkeypatch.setenv("FAKE_EPOCH_S", "5")
+    run = submit_job(load_tiny(microbeads, epochs=20), "local", runs_dir=tmp_path / "runs", check=False,
+                     max_parallel=1, entrypoint=fake_trainer)
+    wait_first_task_running(run)
     p = hpcseg("cancel", str(run.dir))
     assert p.returncode == 0, p.stderr
     tasks = wait_ended(open_run(run.dir), timeout=30)
@@ -197,11 +202,7 @@ def test_dead_supervisor_is_noticed(tmp_path, microbeads, fake_trainer, monkeypa
     monkeypatch.setenv("FAKE_EPOCH_S", "5")
     run = submit_job(load_tiny(microbeads, epochs=20), "local", runs_dir=tmp_path / "runs", check=False,
                      max_parallel=1, entrypoint=fake_trainer)
-    deadline = time.monotonic() + 20
-    while read_json(run.dir / "local.json")["tasks"]["0"]["state"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    time.sleep(0.5)
+    wait_first_task_running(run)
     sup = read_json(run.dir / "local.json")["supervisor"]
     os.kill(sup["pid"], signal.SIGKILL)  # the OOM killer, say: no chance to write anything
     wait_supervisor_gone(run)

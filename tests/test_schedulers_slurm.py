@@ -72,15 +72,6 @@ def sacct_states(job: str) -> dict[str, str]:
 
 
 
-@pytest.fixture
-def cleanup(slurm_cluster):
-    """Job ids to scancel after the test, whatever happened."""
-    ids: list[str] = []
-    yield ids
-    if ids:
-        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
-
-
 # --------------------------------------------------------------------------------------------- sbatch
 
 
