@@ -52,14 +52,13 @@ def follow(runs: list, interval: float = 5.0, limit_s: float = 1800.0) -> bool:
     last = ""
     while True:
         snap = snapshot(runs)
-        text = render_plain(snap, single=False)
         progress = "\n".join(render_plain(type(snap)([r], snap.errors, snap.states), single=True)
                              for r in snap.runs)
         if progress != last:
             print(progress, flush=True)
             last = progress
         if snap.ended:
-            print(text, flush=True)
+            print(render_plain(snap, single=False), flush=True)
             return all(t.state == "completed" for _, tasks, _ in snap.runs for t in tasks)
         if time.monotonic() > deadline:
             raise HpcsegError(f"the demo runs did not finish within {limit_s:.0f} s; hpcseg status shows where they are",
