@@ -372,7 +372,7 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
             from hpcseg.plots import write_plots
 
             plot_files = write_plots(run.dir / PLOTS_DIR, tasks, results, comp, metric, mode,
-                                     baseline_label=ref.label if ref else None)
+                                     baseline_label=ref.label if ref else None, baseline_kind=ref.kind if ref else None)
     except PermissionError as exc:
         raise HpcsegError(f"{run.dir}: cannot write the results ({exc.strerror})", exit_code=EXIT_FAILED) from None
     return {
@@ -394,7 +394,7 @@ def _headline(comp: dict[str, Any], best_model: str | None) -> str | None:
     if not rows:
         return None
     pick = next((r for r in rows if r["model"] == best_model), None)
-    return headline(pick or rows[0])
+    return headline(pick or rows[0], comp["rows"])
 
 
 def print_report(result: dict[str, Any], console: Any = None, max_task_rows: int = 40) -> None:

@@ -224,9 +224,22 @@ def fmt_value(v: float | None) -> str:
 
 
 def fmt_ratio(r: float | None) -> str:
-    """4.5634 → "4.6×" (the seed's form); near 1, two decimals (1.05×), so "1.0× improvement" never appears."""
+    """How many times better, as text that never rounds a change away.
+
+    At or above 1: one decimal as in the seed (4.5634 → "4.6×"), two near 1 (1.048 → "1.05×") so
+    "1.0× improvement" never appears. Below 1: two significant digits (0.063 → "0.063×", 0.94 → "0.94×"),
+    more when two would round up to "1" (0.996 → "0.996×"): a regression is never shown as 0.1× or 1.0×.
+    """
     if r is None:
         return "—"
+    if not math.isfinite(r):
+        return f"{r}×"
+    if 0 < r < 1:
+        for digits in range(2, 8):
+            s = np.format_float_positional(r, precision=digits, unique=False, fractional=False, trim="k")
+            if float(s) < 1:
+                return f"{s}×"
+        return f"{r!r}×"
     s = f"{r:.1f}"
     return f"{r:.2f}×" if s == "1.0" else f"{s}×"
 
@@ -238,8 +251,31 @@ def fmt_diff(d: float | None) -> str:
 _CHANGE_WORDS = {IMPROVED: "improvement", REGRESSED: "regression", UNCHANGED: "unchanged"}
 
 
-def headline(row: dict[str, Any]) -> str:
-    """The seed's one line: ``baseline 0.1427 → 0.0 (collapsed); now 0.6512: 4.6× improvement``."""
+def _short_change(row: dict[str, Any]) -> str:
+    """``unet 0.5 → 0.6: 1.2× improvement``: one other model's change, for the headline's second half."""
+    word = _CHANGE_WORDS.get(row["change"] or "", "no comparison")
+    if row["collapsed"]:
+        word = "collapsed" + (f", {word}" if row["change"] else "")
+    elif row["diverged"]:
+        word = "diverged" + (f", {word}" if row["change"] else "")
+    elif row["baseline_collapsed"] and row["change"]:
+        word += " over a collapsed baseline"
+    r = row["ratio"]
+    if row["best"] is None:
+        return f"{row['model']}: no result"
+    tail = f"{fmt_ratio(r)} {word}" if r is not None and row["change"] != UNCHANGED else word
+    if row["change"] == UNCHANGED and r is not None:
+        tail += f" ({fmt_ratio(r)})"
+    return f"{row['model']} {fmt_value(row['baseline_best'])} → {fmt_value(row['best'])}: {tail}"
+
+
+def headline(row: dict[str, Any], others: Sequence[dict[str, Any]] = ()) -> str:
+    """The seed's one line for ``row``, then every other compared model's change in short.
+
+    ``baseline 0.1427 → 0.0 (collapsed); now 0.6512: 4.6× improvement`` alone would hide a second model
+    that regressed in the same run, so ``others`` (the comparison's rows; ``row`` itself is skipped)
+    are named after it: ``... | also: unet 0.5 → 0.6: 1.2× improvement; segnet 0.4 → 0.3: 0.75× regression``.
+    """
     base = f"baseline {fmt_value(row['baseline_best'])} → {fmt_value(row['baseline_final'])}"
     if row["baseline_collapsed"]:
         base += " (collapsed)"
@@ -251,7 +287,9 @@ def headline(row: dict[str, Any]) -> str:
     word = _CHANGE_WORDS.get(row["change"] or "", "no comparison")
     r = row["ratio"]
     tail = f"{fmt_ratio(r)} {word}" if r is not None else word
-    return f"{row['model']}: {base}; {now}: {tail}"
+    line = f"{row['model']}: {base}; {now}: {tail}"
+    rest = [_short_change(o) for o in others if o["model"] != row["model"]]
+    return f"{line} | also: {'; '.join(rest)}" if rest else line
 
 
 def as_dict(m: ModelResult) -> dict[str, Any]:

@@ -348,13 +348,13 @@ def test_comparison_against_job_ratio_and_verdicts(tmp_path, capsys):
     assert a["verdict"] == "baseline-collapsed" and a["change"] == "improved"
     assert rows["unet"]["verdict"] == "improved"
     assert rows["attention_resunet"]["verdict"] == "unchanged"
-    assert result["headline"] == SEED_LINE
+    assert result["headline"].split(" | also: ")[0] == SEED_LINE
     md = (run.dir / "comparison.md").read_text()
     assert SEED_LINE in md and "| attention_unet | 0.1427 | 0.0 (collapsed) | 0.6512 |" in md
     assert "4.6×" in md
 
     # No --against: the job's collection.baseline (microbead_mitochondria) is used.
-    assert collect_run(run, plots=False)["headline"] == SEED_LINE
+    assert collect_run(run, plots=False)["headline"].split(" | also: ")[0] == SEED_LINE
     # The CLI prints the same line in its table output.
     assert main(["collect", f"microbead_optimized/{run.run_id}", "--runs-dir", str(root)]) == 0
     assert "4.6× improvement" in capsys.readouterr().out
@@ -381,7 +381,7 @@ def test_baseline_keras_csvlogger_folder(tmp_path):
     assert rows["attention_resunet"]["verdict"] == "regressed"  # 0.605 vs 0.7
     assert rows["attention_unet"]["baseline_collapsed"] and rows["attention_unet"]["verdict"] == "baseline-collapsed"
     assert result["comparison"]["only_in_baseline"] == ["segnet"]
-    assert result["headline"] == SEED_LINE
+    assert result["headline"].split(" | also: ")[0] == SEED_LINE
 
 
 def test_baseline_seed_format_training_summary(tmp_path):
@@ -396,7 +396,7 @@ def test_baseline_seed_format_training_summary(tmp_path):
     rows = {r["model"]: r for r in result["comparison"]["rows"]}
     assert rows["unet"]["verdict"] == "regressed"  # 0.6 vs 0.6234: diff 0.0234 > 0.01 and > 2 %
     assert rows["attention_unet"]["baseline_collapsed"]  # final 0.0 < 25 % of best 0.1427
-    assert result["headline"] == SEED_LINE
+    assert result["headline"].split(" | also: ")[0] == SEED_LINE
     assert result["comparison"]["only_in_run"] == ["attention_resunet"]
     assert result["comparison"]["only_in_baseline"] == ["SegNet"]
     md = (run.dir / "comparison.md").read_text()
@@ -409,7 +409,7 @@ def test_baseline_our_own_training_summary_file(tmp_path):
     collect_run(base, plots=False)
     run = optimized_run(root)
     result = collect_run(run, against=str(base.dir / "training_summary.csv"), plots=False)
-    assert result["headline"] == SEED_LINE
+    assert result["headline"].split(" | also: ")[0] == SEED_LINE
 
 
 def test_previous_picks_earlier_finished_run_not_current(tmp_path):
@@ -501,4 +501,4 @@ def test_json_output(tmp_path, capsys):
     assert main(["collect", f"microbead_optimized/{run.run_id}", "--runs-dir", str(root), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= {"summary", "cv", "comparison", "headline"}
-    assert out["headline"] == SEED_LINE and out["cv"]["best_model"] == "attention_unet"
+    assert out["headline"].split(" | also: ")[0] == SEED_LINE and out["cv"]["best_model"] == "attention_unet"
