@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "resubmit": ("hpcseg.submit", "cli_resubmit"),
     "logs": ("hpcseg.status", "cli_logs"),
     "collect": ("hpcseg.collect", "cli_collect"),
+    "report": ("hpcseg.report", "cli_report"),
     "train": ("hpcseg.train.runner", "cli_train"),
     "analyze": ("hpcseg.analyze", "cli_analyze"),
     "synth": ("hpcseg.synth", "cli_synth"),
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run id, run folder or job name (latest run)")
     p.add_argument("--against", help="baseline: previous, a run id, a job name or a folder of histories")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--runs-dir")
+
+    p = sub.add_parser("report", help="one self-contained HTML report of a run (collects it first)")
+    p.add_argument("run", help="run id, run folder or job name (latest run)")
+    p.add_argument("--against", help="baseline, as for collect")
+    p.add_argument("-o", "--output", help="HTML file to write (default: RUN/report.html)")
     p.add_argument("--runs-dir")
 
     p = sub.add_parser("train", help="train one model on one fold (what the job script runs)")

@@ -461,6 +461,9 @@ def cli_collect(args: argparse.Namespace) -> int:
     record_requeues(run)  # events.log -> the manifest's `requeues`, as status does
     result = collect_run(run, getattr(args, "against", None),
                          root=root if getattr(args, "runs_dir", None) else None)
+    from hpcseg.report import write_report  # the HTML report beside the CSV/JSON/MD (docs/report.md)
+
+    result["files"]["report"] = str(write_report(run, result))
     for w in result["warnings"][:20]:
         print(f"hpcseg collect: warning: {w}", file=sys.stderr)
     if len(result["warnings"]) > 20:

@@ -46,6 +46,10 @@ _DEFINITIONS = {
                      "probabilities p, not thresholded; 0–1, higher is better; not comparable 1:1 with hard IoU"),
     "dice": ("Dice, 0–1", "hard Dice (F1): 2|P∩T| / (|P| + |T|) of the thresholded prediction, 0–1, higher is "
              "better"),
+    "miou": ("mean IoU, 0–1", "mean hard IoU over classes of the argmax prediction, 0–1, higher is better"),
+    "mdice": ("mean Dice, 0–1", "mean hard Dice over classes of the argmax prediction, 0–1, higher is better"),
+    "pixel_accuracy": ("fraction, 0–1", "pixel accuracy: fraction of labelled pixels classified correctly, 0–1"),
+    "macro_f1": ("F1, 0–1", "macro F1: unweighted mean over classes of per-class F1, 0–1"),
     "accuracy": ("fraction, 0–1", "accuracy: fraction of pixels (or samples) classified correctly, 0–1"),
     "balanced_accuracy": ("fraction, 0–1", "balanced accuracy: mean per-class recall, 0–1"),
     "precision": ("fraction, 0–1", "precision: TP / (TP + FP) of the thresholded prediction, 0–1"),
