@@ -236,7 +236,7 @@ def fmt_ratio(r: float | None) -> str:
         return f"{r}×"
     if 0 < r < 1:
         for digits in range(2, 8):
-            s = np.format_float_positional(r, precision=digits, unique=False, fractional=False, trim="k")
+            s = f"{r:#.{digits}g}"  # '#': keep trailing zeros, 0.5 → "0.50"
             if float(s) < 1:
                 return f"{s}×"
         return f"{r!r}×"

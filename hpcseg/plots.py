@@ -97,6 +97,12 @@ def _save(fig: Any, path: Path) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
+def _plain(text: str | None) -> str:
+    """User text (model names, run labels) drawn literally: a ``$`` would otherwise start mathtext, and a
+    name such as ``a$^$b`` from a baseline's file name would fail the whole figure."""
+    return "" if text is None else str(text).replace("$", r"\$")
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "model"
 
@@ -128,8 +134,12 @@ def _epochs(h: Any) -> np.ndarray:
 
 
 def _point(x: float | None, y: float | None) -> bool:
-    return x is not None and y is not None and bool(np.isfinite(x) and np.isfinite(y)) \
-        and abs(float(x)) <= MAX_EPOCH and abs(float(y)) <= DRAWABLE
+    """A best-epoch marker that can be drawn (an epoch number may be any int, even beyond float64's range)."""
+    try:
+        fx, fy = float(x), float(y)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return abs(fx) <= MAX_EPOCH and abs(fy) <= DRAWABLE  # False for NaN and ±inf too
 
 
 def _marker(n: int) -> str:
@@ -190,6 +200,11 @@ def learning_curves(path: Path, model: str, tasks: Sequence[TaskResult], metric:
 
     ``run``: the run's label (``job/run_id``) for the title, so a PNG passed around still says what it is.
     """
+    return _save(learning_curves_figure(model, tasks, metric, run), path)
+
+
+def learning_curves_figure(model: str, tasks: Sequence[TaskResult], metric: str, run: str | None = None) -> Any:
+    """The figure of :func:`learning_curves`, unsaved (tests read its artists)."""
     import matplotlib
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -221,7 +236,7 @@ def learning_curves(path: Path, model: str, tasks: Sequence[TaskResult], metric:
             if _point(t.best_epoch, t.best):
                 ax_metric.plot([t.best_epoch], [t.best], "o", mfc="none", mec=color, ms=9, mew=1.6)
             tag = f" ({', '.join(t.flags)})" if t.flags else ("" if t.status == "completed" else f" ({t.status})")
-            handles.append(Line2D([], [], color=color, lw=2, marker=mk, ms=4, label=f"fold {t.fold}{tag}"))
+            handles.append(Line2D([], [], color=color, lw=2, marker=mk, ms=4, label=f"fold {t.fold}{_plain(tag)}"))
     else:
         for ax, col, ls, color in ((ax_loss, "train_loss", "-", "tab:blue"), (ax_loss, "val_loss", "--", "tab:orange"),
                                    (ax_metric, metric, "-", "tab:green")):
@@ -252,11 +267,11 @@ def learning_curves(path: Path, model: str, tasks: Sequence[TaskResult], metric:
         ax.grid(alpha=0.3)
         _integer_epochs(ax)
     done = sum(1 for t in tasks if t.history is not None and len(t.history))
-    fig.suptitle(f"{run + ' · ' if run else ''}{model}: learning curves, {done} of {len(tasks)} fold(s) with "
+    fig.suptitle(f"{_plain(run) + ' · ' if run else ''}{_plain(model)}: learning curves, {done} of {len(tasks)} fold(s) with "
                  f"epochs")
     _footnote(fig, [definition + ".", "loss: " + metric_definition("loss")[1].split(": ", 1)[1] + ".",
                     f"{undrawn} value(s) not drawn: missing, NaN, ±inf or beyond ±{DRAWABLE:.0e}." if undrawn else ""])
-    return _save(fig, path)
+    return fig
 
 
 def _bar_text(value: float | None, std: float | None, n: int) -> str:
@@ -275,16 +290,23 @@ def model_comparison(path: Path, results: Sequence[ModelResult], comp: dict[str,
                      baseline_kind: str | None = None) -> Path:
     """Cross-validated best metric per model (mean, with ± sample std only where there are ≥ 2 folds)
     and the baseline's value beside each bar, labelled with both runs and the metric's definition."""
+    return _save(comparison_figure(results, comp, metric, mode, baseline_label, run, baseline_kind), path)
+
+
+def comparison_figure(results: Sequence[ModelResult], comp: dict[str, Any] | None, metric: str, mode: str,
+                      baseline_label: str | None = None, run: str | None = None,
+                      baseline_kind: str | None = None) -> Any:
+    """The figure of :func:`model_comparison`, unsaved (tests read its artists)."""
     from matplotlib.figure import Figure
 
     unit, definition = metric_definition(metric)
-    names = [m.model for m in results]
+    names = [_plain(m.model) for m in results]
     means = _drawable([np.nan if m.best is None else m.best for m in results])
     assert means is not None
     has_std = np.array([m.std is not None and m.n_folds > 1 and bool(np.isfinite(m.std)) for m in results], bool)
     stds = np.array([m.std if h else 0.0 for m, h in zip(results, has_std, strict=True)], dtype=float)
     stds = np.where(np.abs(stds) <= DRAWABLE, np.abs(stds), 0.0)
-    rows = {r["model"]: r for r in (comp or {}).get("rows", [])}
+    rows = {_plain(r["model"]): r for r in (comp or {}).get("rows", [])}
     has_base = bool(rows)
     x = np.arange(len(names), dtype=float)
     width = 0.38 if has_base else 0.6
@@ -294,7 +316,7 @@ def model_comparison(path: Path, results: Sequence[ModelResult], comp: dict[str,
     label_kw: dict[str, Any] = {"fontsize": 6.5, "rotation": 90} if crowded else {"fontsize": 8}
     ax = fig.subplots()
     ours_x = x - width / 2 if has_base else x
-    ours = f"this run: {run}" if run else "this run"
+    ours = f"this run: {_plain(run)}" if run else "this run"
     bars = ax.bar(ours_x, np.nan_to_num(means), width, color="tab:blue", label=ours)
     if has_std.any():
         ax.errorbar(ours_x[has_std], np.nan_to_num(means[has_std]), yerr=stds[has_std], fmt="none", ecolor="0.15",
@@ -315,7 +337,7 @@ def model_comparison(path: Path, results: Sequence[ModelResult], comp: dict[str,
                           else rows[names[i]]["baseline_best"] for i in range(len(names))])
         assert base is not None
         bb = ax.bar(x + width / 2, np.nan_to_num(base), width, color="0.75", hatch="//", edgecolor="0.4",
-                    label=f"baseline: {baseline_label}" if baseline_label else "baseline")
+                    label=f"baseline: {_plain(baseline_label)}" if baseline_label else "baseline")
         ends = np.concatenate([ends, base])
         for b, name in zip(bb, names, strict=True):
             r = rows.get(name)
@@ -346,7 +368,7 @@ def model_comparison(path: Path, results: Sequence[ModelResult], comp: dict[str,
                     "Per fold: the best epoch's value; bar: mean over folds that finished"
                     + ("; error bar: sample std (ddof=1), only for models with ≥ 2 folds." if has_std.any() else "."),
                     base_text])
-    return _save(fig, path)
+    return fig
 
 
 def write_plots(out_dir: Path, tasks: Sequence[TaskResult], results: Sequence[ModelResult],

@@ -5,7 +5,8 @@
 #    already runs). On success HPCSEG_SLURM=1 is exported and the tests marked `slurm` run against it.
 #    On failure: with CI=true the run stops here, loudly, with a non-zero exit; elsewhere
 #    HPCSEG_SLURM_SKIP_REASON is exported and the `slurm` tests are skipped with that reason.
-# 2. pytest from the repository root; its exit status is ours, except that 5 (no tests collected) is a
+# 2. Headless Chromium (scripts/browser.sh up) for the report's browser test; CI=true fails without it.
+# 3. pytest from the repository root; its exit status is ours, except that 5 (no tests collected) is a
 #    failure too.
 #
 # The cluster is left running afterwards on purpose: the next run starts in well under a second instead of
@@ -45,6 +46,17 @@ else
         } >&2
     fi
     rm -f "$cluster_log"
+fi
+
+# Headless Chromium for the report's browser test (scripts/browser.sh; tests/test_report.py skips without it,
+# or fails under CI=true).
+if browser=$(bash "$ROOT/scripts/browser.sh" up); then
+    export HPCSEG_CHROMIUM="$browser"
+elif [ "${CI:-}" = true ]; then
+    echo "run-tests: headless chromium could not be installed and CI=true: failing (scripts/browser.sh up)" >&2
+    exit 1
+else
+    echo "run-tests: WARNING: no headless chromium -- the report's browser tests will be skipped" >&2
 fi
 
 "$PY" -m pytest -q -p no:cacheprovider --timeout=900 "$@"
