@@ -473,4 +473,5 @@ def cli_collect(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         print_report(result)
+        print(f"report: {result['files']['report']}")
     return 0
