@@ -99,8 +99,7 @@ def _save(fig: Any, path: Path) -> Path:
     # keeps the HTML report (every plot embedded) small enough to mail.
     buf.seek(0)
     out = io.BytesIO()
-    Image.open(buf).convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(out, "PNG",
-                                                                                                 optimize=True)
+    Image.open(buf).convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(out, "PNG")
     return write_bytes_atomic(path, out.getvalue())
 
 
@@ -168,7 +167,7 @@ def _footnote(fig: Any, lines: Sequence[str]) -> None:
     """Definitions and caveats under the axes, small, so the PNG carries its own legend of terms."""
     text = "\n".join(line for line in lines if line)
     if text:
-        fig.text(0.01, 0.01, text, fontsize=7.5, color="0.25", ha="left", va="bottom", wrap=True)
+        fig.text(0.01, 0.01, text, fontsize=7.5, color="0.25", ha="left", va="bottom")
 
 
 def _bundle(tasks: Sequence[TaskResult], col: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
