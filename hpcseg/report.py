@@ -174,8 +174,29 @@ def run_facts(run: Run) -> list[tuple[str, str]]:
         ("host, user", f"{m.get('host', '—')}, {m.get('user', '—')}"),
         ("created", str(m.get("created") or "—")),
         ("submitted", str(m.get("submitted") or "—")),
+        ("last task ended", _last_end(run, m)),
     ]
     return facts
+
+
+def _last_end(run: Run, m: dict[str, Any]) -> str:
+    """When the last ``exit_code`` was written (the job script writes it as a task ends), and how long after
+    submission: the wall-clock time the whole run took, queueing and requeues included."""
+    ends = []
+    for t in m.get("tasks", []):
+        try:
+            ends.append((run.dir / t["dir"] / "exit_code").stat().st_mtime)
+        except OSError:
+            continue
+    if not ends:
+        return "no task has ended"
+    last = max(ends)
+    text = datetime.fromtimestamp(last, timezone.utc).isoformat(timespec="seconds")
+    start = m.get("submitted_ts") or m.get("created_ts")
+    if isinstance(start, (int, float)) and last >= start:
+        text += f" ({_human(last - start)} after {'submission' if m.get('submitted_ts') else 'creation'}; " \
+                f"{len(ends)} of {len(m.get('tasks', []))} task(s) ended)"
+    return text
 
 
 def _plot_figures(run: Run, result: dict[str, Any], budget: _Budget) -> tuple[list[Figure], Figure | None]:

@@ -80,7 +80,8 @@ def test_report_is_self_contained_and_complete(reported):
     for needle in ("attention_unet: baseline 0.1427 → 0.0 (collapsed); now 0.6512: 4.6× improvement",
                    "unet 0.5 → 0.6: 1.2× improvement", "baseline-collapsed", "@media print",
                    "confusion matrix", "sweep/leaderboard.csv", "tasks/attention_unet/fold_0/eval/gradcam/grid.png",
-                   "hard IoU", run.manifest["git"]["commit"] or "unknown", "scheduler job ids"):
+                   "hard IoU", run.manifest["git"]["commit"] or "unknown", "scheduler job ids",
+                   "last task ended", "3 of 3 task(s) ended"):
         assert needle in html, needle
     assert "notes.txt" not in html
 
@@ -175,6 +176,17 @@ window.addEventListener("load", function () {
   document.body.appendChild(pre);
 });
 </script>"""
+
+
+def test_missing_browser_skips_with_reason_or_fails_under_ci(monkeypatch, tmp_path):
+    monkeypatch.delenv("HPCSEG_CHROMIUM", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium on it
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="scripts/browser.sh up"):
+        chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="headless chromium not found"):
+        chromium()
 
 
 def _chromium(browser: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
