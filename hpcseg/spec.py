@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.metadata
 import os
 import re
+import sys
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -627,13 +630,47 @@ def job_dirs() -> list[Path]:
 
 
 def shipped_dir(name: str) -> Path:
-    """A top-level folder of the hpcseg source tree (jobs/, templates/), wherever the package lives."""
-    here = Path(__file__).resolve().parent.parent / name
-    if here.is_dir():
-        return here
-    import sys
+    """A top-level folder of the hpcseg source tree (jobs/, templates/, singularity/), wherever hpcseg lives.
 
+    A source or editable checkout reads the repository's own folders, so an edit is seen at once. An
+    installed wheel carries them as data files under ``<prefix>/share/hpcseg/`` (setup.cfg), and the
+    prefix is not always ``sys.prefix`` (``pip install --user``, ``--prefix``, ``--target``), so the
+    installed record of the distribution is asked last. When nothing is found the usual place is
+    returned, so the caller's "not found" message names where the folder was expected.
+    """
+    source = Path(__file__).resolve().parent.parent
+    # The marker keeps a stray top-level templates/ folder in some site-packages from being taken for ours.
+    if (source / "setup.cfg").is_file() and (source / name).is_dir():
+        return source / name
+    for share in _share_dirs():
+        if (share / name).is_dir():
+            return share / name
     return Path(sys.prefix) / "share" / "hpcseg" / name
+
+
+def _share_dirs() -> list[Path]:
+    """Candidate ``share/hpcseg`` folders of an installed wheel, the likeliest first."""
+    dirs = [Path(sys.prefix) / "share" / "hpcseg"]
+    for scheme in (None, f"{os.name}_user"):
+        try:
+            data = sysconfig.get_path("data", scheme) if scheme else sysconfig.get_path("data")
+        except KeyError:
+            continue
+        dirs.append(Path(data) / "share" / "hpcseg")
+    try:
+        files = importlib.metadata.distribution("hpcseg").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for f in files:
+        parts = f.parts
+        for i in range(len(parts) - 1):
+            if parts[i:i + 2] == ("share", "hpcseg"):
+                dirs.append(Path(str(f.locate())).resolve().parents[len(parts) - i - 3])
+                break
+        else:
+            continue
+        break
+    return dirs
 
 
 def find_job(name_or_path: str) -> Path:
