@@ -739,7 +739,7 @@ def _where(loc: tuple, fname: str, lines: dict[tuple, int], origins: dict[tuple,
 
 def known_profiles(doc: dict) -> list[str]:
     profiles = doc.get("profiles") or {}
-    return sorted(profiles) if isinstance(profiles, dict) else []
+    return sorted(str(p) for p in profiles) if isinstance(profiles, dict) else []  # YAML keys need not be text
 
 
 def load_job(path: str | Path, profile: str | None = None, overrides: list[str] | None = None) -> LoadedJob:
