@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import sysconfig
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -516,36 +517,41 @@ def check_expansion(root: yaml.Node, limit: int = MAX_YAML_VALUES) -> None:
                 stack.append((child, False))
 
 
-def _check_depth(text: str, limit: int = MAX_YAML_DEPTH) -> None:
-    """Refuse nesting deeper than ``limit`` from the event stream, before PyYAML's recursive composer
-    spends seconds reaching Python's recursion limit on it."""
-    depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > limit:
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses nesting deeper than MAX_YAML_DEPTH while composing, before PyYAML's
+    recursive composer spends seconds reaching Python's recursion limit."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                event = self.peek_event()
                 node = yaml.ScalarNode("tag:yaml.org,2002:null", "", event.start_mark, event.end_mark)
-                raise _YamlTooBig(f"values nested more than {limit} deep; a job file needs a handful", node)
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
+                raise _YamlTooBig(f"values nested more than {MAX_YAML_DEPTH} deep; a job file needs a handful",
+                                  node)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
-def load_yaml_bounded(text: str) -> tuple[Any, yaml.Node | None]:
-    """``yaml.safe_load`` whose alias expansion is bounded; also returns the composed node for line numbers.
+def load_yaml_bounded(text: str, inspect: Callable[[yaml.Node], None] | None = None) -> Any:
+    """``yaml.safe_load`` whose nesting and alias expansion are bounded.
 
-    Raises yaml.YAMLError (and PyYAML's plain ValueError/IndexError/TypeError for some tags) as PyYAML
-    does, and _YamlTooBig before constructing anything oversized.
+    ``inspect`` sees the composed node graph before construction flattens its merge keys in place (line
+    numbers are read there). Raises yaml.YAMLError (and PyYAML's plain ValueError/IndexError/TypeError for
+    some tags) as PyYAML does, and _YamlTooBig before constructing anything oversized.
     """
-    _check_depth(text)
-    loader = yaml.SafeLoader(text)
+    loader = _BoundedLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
-            return None, None
+            return None
         check_expansion(node)
-        # construct_document flattens merge keys in place; line numbers are read from a pristine copy.
-        pristine = yaml.compose(text, Loader=yaml.SafeLoader)
-        return loader.construct_document(node), pristine
+        if inspect is not None:
+            inspect(node)
+        return loader.construct_document(node)
     finally:
         loader.dispose()
 
@@ -553,8 +559,10 @@ def load_yaml_bounded(text: str) -> tuple[Any, yaml.Node | None]:
 def parse_yaml(text: str, fname: str) -> tuple[dict[str, Any], dict[tuple, int]]:
     """YAML text to a dict plus a key-path → line map; malformed YAML becomes one clear SpecError."""
     last_line = len(text.rstrip().splitlines()) or 1  # errors at end of stream point past the text
+    lines: dict[tuple, int] = {}
+    problems: list[str] = []
     try:
-        data, node = load_yaml_bounded(text)
+        data = load_yaml_bounded(text, lambda node: _walk_lines(node, (), lines, problems, fname))
     except _YamlTooBig as exc:
         raise SpecError(f"{fname}:{min(exc.node.start_mark.line + 1, last_line)}: {exc}") from None
     except (ValueError, IndexError, TypeError, RecursionError) as exc:
@@ -574,12 +582,6 @@ def parse_yaml(text: str, fname: str) -> tuple[dict[str, Any], dict[tuple, int]]
         raise SpecError(f"{fname}: the file is empty; a job needs name, workload, training and resources")
     if not isinstance(data, dict):
         raise SpecError(f"{fname}:1: a job file must be a mapping of sections, not a {type(data).__name__}")
-    lines: dict[tuple, int] = {}
-    problems: list[str] = []
-    try:
-        _walk_lines(node, (), lines, problems, fname)
-    except RecursionError:
-        raise SpecError(f"{fname}: malformed YAML: nested too deeply; fix the structure") from None
     if problems:
         raise SpecError(f"{fname}: {len(problems)} problem(s)", problems=problems)
     return data, lines
@@ -641,7 +643,7 @@ def parse_override(text: str) -> tuple[tuple, Any]:
     if not key or any(not p for p in key.split(".")):
         raise SpecError(f"--set {text}: expected FIELD=VALUE, e.g. --set training.lr=5e-5")
     try:
-        value = load_yaml_bounded(raw)[0] if raw.strip() else ""
+        value = load_yaml_bounded(raw) if raw.strip() else ""
     except _YamlTooBig as exc:
         raise SpecError(f"--set {text}: the value's {exc}") from None
     except (yaml.YAMLError, ValueError, IndexError, TypeError, RecursionError):
@@ -707,7 +709,7 @@ def _format_errors(exc: ValidationError, fname: str, lines: dict[tuple, int], or
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         # pydantic adds the tag of a union member to loc; drop entries that are not real keys.
-        where = _where(loc, fname, lines, origins)
+        where = _where(tuple(p for p in loc if p != "[key]"), fname, lines, origins)  # "[key]": a dict key's error
         path = _dotted(loc)
         if err["type"] == "extra_forbidden":
             out.append(f"{where}: {path}: unknown key{_suggest(str(loc[-1]), _model_at(loc))}")
