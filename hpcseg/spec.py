@@ -427,6 +427,16 @@ class LoadedJob:
     profile: str | None = None
     overrides: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
+    lines: dict[tuple, int] = field(default_factory=dict, repr=False)
+    origins: dict[tuple, str] = field(default_factory=dict, repr=False)
+
+    def where(self, dotted: str) -> str:
+        """Where a field's value came from: ``--set ...``, ``job.yaml:N (profile p)`` or ``job.yaml:N``.
+
+        For checks made after loading (directive lines, bind paths), so their errors can name the --set or
+        profile that wrote the value, as the schema's own errors do.
+        """
+        return _where(_split_path(dotted), str(self.path), self.lines, self.origins)
 
 
 def _walk_lines(node: yaml.Node, path: tuple, out: dict[tuple, int], problems: list[str], fname: str,
@@ -775,7 +785,8 @@ def load_job(path: str | Path, profile: str | None = None, overrides: list[str] 
     except ValidationError as exc:
         problems = _format_errors(exc, fname, lines, origins)
         raise SpecError(f"{fname}: {len(problems)} problem(s) in the job", problems=problems) from None
-    return LoadedJob(spec=spec, path=path.resolve(), profile=profile, overrides=list(overrides or []), raw=doc)
+    return LoadedJob(spec=spec, path=path.resolve(), profile=profile, overrides=list(overrides or []), raw=doc,
+                     lines=lines, origins=origins)
 
 
 # --------------------------------------------------------------------------------------------- finding jobs

@@ -267,6 +267,8 @@ CASES: list[Case] = [
          "--set workload.models.unet.dropout=abc: workload.models.0.dropout: Input should be a valid number"),
     Case("set-breaks-a-section-rule", ("render", "job.yaml", "--set", "resources.memory=null"), 2, SPEC_FIRST,
          "--set resources.memory=null: resources: set memory (e.g. 240G) or mem_per_gpu"),
+    Case("set-refused-after-loading", ("render", "job.yaml", "--set", "resources.queue=a b"), 2,
+         "hpcseg render: --set resources.queue=a b: resources.queue: "),
     Case("profile-deep-wrong-type", ("render", "job.yaml", "--profile", "quick"), 2, SPEC_FIRST,
          "job.yaml:21 (profile quick): training.early_stopping.patience: Input should be a valid integer",
          setup=edited(("quick: {training.epochs: 1}", "quick: {training: {early_stopping: {patience: soon}}}"))),

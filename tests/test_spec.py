@@ -509,3 +509,13 @@ def test_every_error_from_a_profile_names_that_profile(specdir: Path, body: dict
         lines = exc.lines()
         named = [ln for ln in (lines[1:] or lines) if "(profile p)" not in ln]
         assert named == [], lines
+
+
+def test_loaded_job_says_where_each_field_came_from(tmp_path: Path) -> None:
+    """For checks made after loading: the --set, the profile line or the file line that wrote a field."""
+    text = MINIMAL + "profiles:\n  p: {training: {early_stopping: {patience: 3}}}\n"
+    loaded = load_job(write(tmp_path, text), "p", ["resources.queue=a b", "workload.models.a.dropout=0.1"])
+    assert loaded.where("resources.queue") == "--set resources.queue=a b"
+    assert loaded.where("workload.models.0.dropout") == "--set workload.models.a.dropout=0.1"
+    assert loaded.where("training.early_stopping.patience") == f"{tmp_path / 'job.yaml'}:15 (profile p)"
+    assert loaded.where("training.lr") == f"{tmp_path / 'job.yaml'}:10"
