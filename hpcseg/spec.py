@@ -120,7 +120,7 @@ class Strict(BaseModel):
 class DatasetSpec(Strict):
     root: str = Field(description="Dataset folder; ~ and $VARS expand, relative paths are from the cwd.")
     layout: Literal["microbead", "marida", "hyperspectral", "ham10000"] = "microbead"
-    expected_count: Int | None = Field(None, ge=1, description="Images the folder must hold.")
+    expected_count: int | None = Field(None, ge=1, description="Images the folder must hold.")
     image_size: tuple[Annotated[Int, Field(ge=8, le=8192)], Annotated[Int, Field(ge=8, le=8192)]] = (256, 256)
     channels: Int = Field(1, ge=1, le=1024)
     num_classes: Int = Field(2, ge=2, le=1000)
@@ -131,6 +131,11 @@ class DatasetSpec(Strict):
     @classmethod
     def _square(cls, v: Any) -> Any:
         return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("expected_count", mode="before")
+    @classmethod
+    def _count(cls, v: Any) -> Any:
+        return _whole_number(v)  # as the Int fields do: `expected_count: yes` is not one image
 
 
 Arch = Literal[
