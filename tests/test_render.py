@@ -616,7 +616,7 @@ def test_cli_render_error_is_one_line_and_exit_2(tmp_path, capsys):
     rc = main(["render", str(REPO / "jobs" / "microbead_optimized.yaml"), "--set", "resources.queue=a b"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert err.startswith("hpcseg render: resources.queue:") and err.count("\n") == 1
+    assert err.startswith("hpcseg render: --set resources.queue=a b: resources.queue:") and err.count("\n") == 1
 
 
 # --------------------------------------------------------------------------------------------- image
