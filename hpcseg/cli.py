@@ -161,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = getattr(importlib.import_module(module), func)
         return int(handler(args) or 0)
     except HpcsegError as exc:
+        if "hpcseg.jobload" in sys.modules:  # a job was loaded: name where a refused field was written
+            exc = sys.modules["hpcseg.jobload"].name_origin(exc)
         for i, line in enumerate(exc.lines()):
             print(f"hpcseg {args.verb}: {line}" if i == 0 else line, file=sys.stderr)
         return exc.exit_code

@@ -324,7 +324,8 @@ def _run_label(r: Run) -> str:
 
 def previous_run(current: Run, root: Path) -> Run | None:
     """The latest run of the same job created before ``current`` that has a finished task."""
-    runs = list_runs(root, current.dir.parent.name)
+    # Same job by name too: runs made before slugs were unique may share a folder with another job.
+    runs = [r for r in list_runs(root, current.dir.parent.name) if r.manifest.get("job") == current.manifest.get("job")]
     key = _run_key(current)
     for r in reversed(runs):
         if r.dir.resolve() != current.dir.resolve() and _run_key(r) < key and run_finished(r):
@@ -390,7 +391,8 @@ def resolve_baseline(against: str, current: Run, root: Path) -> BaselineRef | No
         if by_id[0].dir == current.dir:
             raise HpcsegError(f"baseline {against}: is the run being collected; name an earlier run or 'previous'")
         return BaselineRef("run", _run_label(by_id[0]), run=by_id[0])
-    by_job = [r for r in runs if (r.job == against or r.dir.parent.name == against) and r.dir != current.dir]
+    by_job = ([r for r in runs if r.job == against and r.dir != current.dir]
+              or [r for r in runs if r.dir.parent.name == against and r.dir != current.dir])
     if by_job:
         done = [r for r in by_job if run_finished(r)]
         if not done:

@@ -260,7 +260,8 @@ def find_run(ref: str, root: Path | None = None) -> Run:
     if len(by_id) > 1:
         names = ", ".join(f"{r.dir.parent.name}/{r.run_id}" for r in by_id)
         raise HpcsegError(f"run id {ref!r} is ambiguous: {names}; give JOB/RUN_ID")
-    by_job = [r for r in runs if r.job == ref or r.dir.parent.name == ref]
+    # The exact name first: a folder name is a slug, and another job's name may read like it.
+    by_job = [r for r in runs if r.job == ref] or [r for r in runs if r.dir.parent.name == ref]
     if by_job:
         return by_job[-1]
     recent = ", ".join(f"{r.dir.parent.name}/{r.run_id}" for r in runs[-5:]) or "none yet"

@@ -10,20 +10,62 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
+import importlib.metadata
+import math
 import os
 import re
+import sys
+import sysconfig
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hpcseg.errors import SpecError
 
 # --------------------------------------------------------------------------------------------- schema
 
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _whole_number(v: Any) -> Any:
+    # YAML 1.1 reads true/yes/on as True, and pydantic's lax mode would take True for 1: one GPU nobody asked for.
+    if isinstance(v, bool):
+        raise ValueError(f"expected a whole number, not {str(v).lower()} (YAML reads true/yes/on and "
+                         f"false/no/off as booleans)")
+    return v
+
+
+def _real_number(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, not {str(v).lower()} (YAML reads true/yes/on and "
+                         f"false/no/off as booleans)")
+    try:
+        finite = math.isfinite(float(v)) if isinstance(v, int | float | str) else True
+    except (ValueError, OverflowError):
+        finite = True  # not a number at all: pydantic's own message says so
+    if not finite:
+        raise ValueError("must be a finite number, not NaN or infinity")
+    return v
+
+
+# Every number of the schema is one of these (tests/test_spec.py walks the schema to hold that): booleans are
+# refused, and floats must be finite, because a NaN learning rate or inf weight decay only fails on the node.
+Int = Annotated[int, BeforeValidator(_whole_number)]
+Float = Annotated[float, BeforeValidator(_real_number)]
+Fraction = Annotated[Float, Field(ge=0.0, le=1.0)]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
@@ -79,9 +121,9 @@ class DatasetSpec(Strict):
     root: str = Field(description="Dataset folder; ~ and $VARS expand, relative paths are from the cwd.")
     layout: Literal["microbead", "marida", "hyperspectral", "ham10000"] = "microbead"
     expected_count: int | None = Field(None, ge=1, description="Images the folder must hold.")
-    image_size: tuple[Annotated[int, Field(ge=8, le=8192)], Annotated[int, Field(ge=8, le=8192)]] = (256, 256)
-    channels: int = Field(1, ge=1, le=1024)
-    num_classes: int = Field(2, ge=2, le=1000)
+    image_size: tuple[Annotated[Int, Field(ge=8, le=8192)], Annotated[Int, Field(ge=8, le=8192)]] = (256, 256)
+    channels: Int = Field(1, ge=1, le=1024)
+    num_classes: Int = Field(2, ge=2, le=1000)
     class_names: list[str] | None = None
     metadata: str | None = Field(None, description="Label table inside root (HAM10000 metadata CSV).")
 
@@ -89,6 +131,11 @@ class DatasetSpec(Strict):
     @classmethod
     def _square(cls, v: Any) -> Any:
         return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("expected_count", mode="before")
+    @classmethod
+    def _count(cls, v: Any) -> Any:
+        return _whole_number(v)  # as the Int fields do: `expected_count: yes` is not one image
 
 
 Arch = Literal[
@@ -100,7 +147,7 @@ Arch = Literal[
 class ModelSpec(Strict):
     name: Name
     arch: Arch
-    channels: list[Annotated[int, Field(ge=1, le=8192)]] = Field(default_factory=lambda: [64, 128, 256, 512, 1024])
+    channels: list[Annotated[Int, Field(ge=1, le=8192)]] = Field(default_factory=lambda: [64, 128, 256, 512, 1024])
     dropout: Fraction = 0.0
     weights: str | None = Field(None, description="Pretrained weights file; nothing is downloaded on nodes.")
     options: dict[str, Any] = Field(default_factory=dict, description="Architecture-specific settings.")
@@ -108,20 +155,20 @@ class ModelSpec(Strict):
 
 class SplitSpec(Strict):
     method: Literal["random", "stratified"] = "stratified"
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
-    folds: int = Field(1, ge=1, le=50, description="1: one hold-out split; k>1: k-fold cross-validation.")
-    density_bins: int = Field(4, ge=1, le=20)
+    val_fraction: Annotated[Float, Field(gt=0.0, lt=1.0)] = 0.15
+    folds: Int = Field(1, ge=1, le=50, description="1: one hold-out split; k>1: k-fold cross-validation.")
+    density_bins: Int = Field(4, ge=1, le=20)
 
 
 LossName = Literal["dice", "focal", "ce", "weighted_ce"]
 
 
 class LossSpec(Strict):
-    components: dict[LossName, Annotated[float, Field(gt=0.0)]] = Field(default_factory=lambda: {"dice": 1.0})
+    components: dict[LossName, Annotated[Float, Field(gt=0.0)]] = Field(default_factory=lambda: {"dice": 1.0})
     focal_alpha: Fraction | None = 0.25
-    focal_gamma: float = Field(2.0, ge=0.0, le=10.0)
+    focal_gamma: Float = Field(2.0, ge=0.0, le=10.0)
     label_smoothing: Fraction = 0.0
-    class_weight_clip: tuple[float, float] | None = None
+    class_weight_clip: tuple[Float, Float] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -142,36 +189,36 @@ class LossSpec(Strict):
 
 
 class AugmentationSpec(Strict):
-    hflip: bool = False
-    vflip: bool = False
-    rotate_degrees: float = Field(0.0, ge=0.0, le=180.0)
-    rot90: bool = False
+    hflip: StrictBool = False
+    vflip: StrictBool = False
+    rotate_degrees: Float = Field(0.0, ge=0.0, le=180.0)
+    rot90: StrictBool = False
     color_jitter: Fraction = 0.0
 
 
 class EarlyStoppingSpec(Strict):
-    patience: int | None = Field(None, ge=1, description="Epochs without improvement before stopping.")
-    min_delta: float = Field(0.0, ge=0.0)
+    patience: Int | None = Field(None, ge=1, description="Epochs without improvement before stopping.")
+    min_delta: Float = Field(0.0, ge=0.0)
 
 
 class TrainingSpec(Strict):
-    epochs: int = Field(ge=1, le=100000)
-    batch_size: int = Field(ge=1, le=65536)
-    lr: float = Field(gt=0.0, le=10.0)
+    epochs: Int = Field(ge=1, le=100000)
+    batch_size: Int = Field(ge=1, le=65536)
+    lr: Float = Field(gt=0.0, le=10.0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    weight_decay: float = Field(0.0, ge=0.0)
-    warmup_epochs: int = Field(0, ge=0)
-    warmup_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    weight_decay: Float = Field(0.0, ge=0.0)
+    warmup_epochs: Int = Field(0, ge=0, le=100000)
+    warmup_factor: Annotated[Float, Field(gt=0.0, le=1.0)] = 0.1
     schedule: Literal["constant", "cosine"] = "constant"
-    grad_clip: float | None = Field(None, gt=0.0)
+    grad_clip: Float | None = Field(None, gt=0.0)
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     loss: LossSpec = Field(default_factory=LossSpec)
     augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
-    mixed_precision: bool = Field(False, description="bf16 autocast on CUDA; ignored on CPU.")
-    num_workers: int = Field(0, ge=0, le=256)
-    samples_per_epoch: int | None = Field(None, ge=1, description="Patches drawn per epoch, when sampling.")
-    max_requeues: int = Field(3, ge=0, le=100)
-    deterministic: bool = True
+    mixed_precision: StrictBool = Field(False, description="bf16 autocast on CUDA; ignored on CPU.")
+    num_workers: Int = Field(0, ge=0, le=256)
+    samples_per_epoch: Int | None = Field(None, ge=1, description="Patches drawn per epoch, when sampling.")
+    max_requeues: Int = Field(3, ge=0, le=100)
+    deterministic: StrictBool = True
 
 
 class WorkloadSpec(Strict):
@@ -179,13 +226,14 @@ class WorkloadSpec(Strict):
     dataset: DatasetSpec
     models: list[ModelSpec] = Field(min_length=1)
     split: SplitSpec = Field(default_factory=SplitSpec)
-    seed: int = 42
+    seed: Int = Field(42, ge=0, le=2**32 - 1, description="numpy and torch take seeds below 2**32.")
 
     @field_validator("models")
     @classmethod
     def _unique_names(cls, v: list[ModelSpec]) -> list[ModelSpec]:
-        seen = [m.name for m in v]
-        dupes = sorted({n for n in seen if seen.count(n) > 1})
+        # Case-blind, because each model has a folder, and "UNet" and "unet" are one on some disks.
+        seen = [m.name.lower() for m in v]
+        dupes = sorted({m.name for m in v if seen.count(m.name.lower()) > 1})
         if dupes:
             raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
         return v
@@ -196,7 +244,7 @@ class SlurmOptions(Strict):
     gpu_type: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     qos: str | None = None
     constraint: str | None = None
-    signal_seconds: int = Field(300, ge=0, le=86400, description="USR1 this long before the walltime.")
+    signal_seconds: Int = Field(300, ge=0, le=86400, description="USR1 this long before the walltime.")
     extra: list[str] = Field(default_factory=list, description="More #SBATCH options, e.g. --exclusive.")
 
 
@@ -208,14 +256,14 @@ class PbsOptions(Strict):
 
 
 class ResourcesSpec(Strict):
-    gpus: int = Field(0, ge=0, le=MAX_GPUS)
-    cpus: int = Field(1, ge=1, le=MAX_CPUS)
+    gpus: Int = Field(0, ge=0, le=MAX_GPUS)
+    cpus: Int = Field(1, ge=1, le=MAX_CPUS)
     memory: str | None = Field("8G", description="Per node, e.g. 240G. Leave out when mem_per_gpu is set.")
     mem_per_gpu: str | None = None
     walltime: str = Field(description="HH:MM:SS; required, because a silent default kills jobs.")
     queue: str | None = None
     account: str | None = None
-    array_parallelism: int | None = Field(None, ge=1)
+    array_parallelism: Int | None = Field(None, ge=1, le=1_000_000)
     slurm: SlurmOptions = Field(default_factory=SlurmOptions)
     pbs: PbsOptions = Field(default_factory=PbsOptions)
 
@@ -290,7 +338,7 @@ class ContainerSpec(Strict):
     runtime: Literal["singularity", "apptainer", "none"] = "singularity"
     image: str | None = None
     binds: list[BindSpec] = Field(default_factory=list)
-    gpu: bool = Field(True, description="Pass --nv so the container sees the node's NVIDIA driver.")
+    gpu: StrictBool = Field(True, description="Pass --nv so the container sees the node's NVIDIA driver.")
 
     @model_validator(mode="after")
     def _image_needed(self) -> ContainerSpec:
@@ -319,7 +367,7 @@ class JobSpec(Strict):
     @property
     def slug(self) -> str:
         """The name made safe for file names and scheduler job names (the real name stays in the manifest)."""
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name).strip("._") or "job"
+        return job_slug(self.name)
 
     def tasks(self) -> list[Task]:
         """The models × folds of the job, in array-index order (model-major, so one model's folds sit together)."""
@@ -336,6 +384,27 @@ class JobSpec(Strict):
                 return m
         known = ", ".join(m.name for m in self.workload.models)
         raise SpecError(f"job {self.name}: no model named {name!r}; it has {known}")
+
+
+_PLAIN_NAME = re.compile(r"[a-z0-9](?:[a-z0-9_.-]{0,98}[a-z0-9_])?")
+_HASH_LEN = 10
+_HASHED_TAIL = re.compile(rf"-[0-9a-f]{{{_HASH_LEN}}}$")
+
+
+def job_slug(name: str) -> str:
+    """The job's folder under runs/ and its scheduler job name; different names never share one.
+
+    A plain name (lower-case ASCII letters, digits, ``_.-``, at most 100 characters) is its own slug, so
+    the shipped jobs keep their folders. Any other name loses information when made file-safe ("beads (new
+    lr)" and "beads, new lr" both read "beads_new_lr"; "細胞" reads nothing; "Beads" and "beads" are one
+    folder on a case-insensitive disk), so its slug is the readable part plus a short hash of the exact
+    name. Plain names never end in such a hash (those are hashed too), so the two kinds cannot meet.
+    """
+    if _PLAIN_NAME.fullmatch(name) and not _HASHED_TAIL.search(name):
+        return name
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-")[:60].rstrip("._-") or "job"
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_LEN]
+    return f"{readable}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -363,6 +432,16 @@ class LoadedJob:
     profile: str | None = None
     overrides: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
+    lines: dict[tuple, int] = field(default_factory=dict, repr=False)
+    origins: dict[tuple, str] = field(default_factory=dict, repr=False)
+
+    def where(self, dotted: str) -> str:
+        """Where a field's value came from: ``--set ...``, ``job.yaml:N (profile p)`` or ``job.yaml:N``.
+
+        For checks made after loading (directive lines, bind paths), so their errors can name the --set or
+        profile that wrote the value, as the schema's own errors do.
+        """
+        return _where(_split_path(dotted), str(self.path), self.lines, self.origins)
 
 
 def _walk_lines(node: yaml.Node, path: tuple, out: dict[tuple, int], problems: list[str], fname: str,
@@ -396,11 +475,111 @@ def _dotted(path: tuple) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
+# A job file is a few hundred values; this many, with every alias and merge key counted at its full size,
+# can only be an alias bomb ("billion laughs"), which would otherwise take minutes and gigabytes to expand.
+MAX_YAML_VALUES = 50_000
+MAX_YAML_DEPTH = 100
+_SCALAR_CHARS_PER_VALUE = 100  # a long scalar counts as one value per this many characters
+
+
+class _YamlTooBig(Exception):
+    """Expansion bound or alias cycle, found on the composed node graph before anything is constructed."""
+
+    def __init__(self, message: str, node: yaml.Node) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def check_expansion(root: yaml.Node, limit: int = MAX_YAML_VALUES) -> None:
+    """Refuse a node graph whose aliases expand past ``limit`` values, or that contains itself.
+
+    PyYAML shares an aliased node instead of copying it, so loading a bomb is cheap; the cost comes later,
+    when merge keys are flattened or the document is validated, copied or written out. Sizes are summed
+    over the graph with each node's size computed once, so the check is linear in the file's length
+    whatever the expansion. Iterative, so a deeply nested file cannot overflow the stack here.
+    """
+    sizes: dict[int, int] = {}
+    path: set[int] = set()  # nodes whose subtree is being summed: reaching one again is a cycle
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, summed = stack.pop()
+        if summed:
+            path.discard(id(node))
+            own = 1 + (len(str(node.value)) // _SCALAR_CHARS_PER_VALUE if isinstance(node, yaml.ScalarNode) else 0)
+            total = own + sum(sizes[id(c)] for c in _children(node))
+            if total > limit:
+                raise _YamlTooBig(f"aliases and merge keys expand to more than {limit} values; write the "
+                                  f"values out or use fewer aliases", node)
+            sizes[id(node)] = total
+            continue
+        if id(node) in sizes:
+            continue
+        path.add(id(node))
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in path:
+                raise _YamlTooBig("an alias refers to a value that contains it (a recursive structure); "
+                                  "write the value out", child)
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses nesting deeper than MAX_YAML_DEPTH while composing, before PyYAML's
+    recursive composer spends seconds reaching Python's recursion limit."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                event = self.peek_event()
+                node = yaml.ScalarNode("tag:yaml.org,2002:null", "", event.start_mark, event.end_mark)
+                raise _YamlTooBig(f"values nested more than {MAX_YAML_DEPTH} deep; a job file needs a handful",
+                                  node)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_yaml_bounded(text: str, inspect: Callable[[yaml.Node], None] | None = None) -> Any:
+    """``yaml.safe_load`` whose nesting and alias expansion are bounded.
+
+    ``inspect`` sees the composed node graph before construction flattens its merge keys in place (line
+    numbers are read there). Raises yaml.YAMLError (and PyYAML's plain ValueError/IndexError/TypeError for
+    some tags) as PyYAML does, and _YamlTooBig before constructing anything oversized.
+    """
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_expansion(node)
+        if inspect is not None:
+            inspect(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def parse_yaml(text: str, fname: str) -> tuple[dict[str, Any], dict[tuple, int]]:
     """YAML text to a dict plus a key-path → line map; malformed YAML becomes one clear SpecError."""
+    last_line = len(text.rstrip().splitlines()) or 1  # errors at end of stream point past the text
+    lines: dict[tuple, int] = {}
+    problems: list[str] = []
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = load_yaml_bounded(text, lambda node: _walk_lines(node, (), lines, problems, fname))
+    except _YamlTooBig as exc:
+        raise SpecError(f"{fname}:{min(exc.node.start_mark.line + 1, last_line)}: {exc}") from None
     except (ValueError, IndexError, TypeError, RecursionError) as exc:
         # PyYAML's constructors raise plain Python errors for some tags (e.g. a bare `!!int`).
         raise SpecError(f"{fname}: malformed YAML: {type(exc).__name__}: {exc}; fix the syntax") from None
@@ -412,16 +591,12 @@ def parse_yaml(text: str, fname: str) -> tuple[dict[str, Any], dict[tuple, int]]
             # An unclosed bracket or quote is reported at the end of the file; where it opened is more useful.
             problem = f"{exc.context} that starts here: {problem}"
             mark = context_mark
-        last_line = len(text.rstrip().splitlines()) or 1  # errors at end of stream point past the text
         where = f"{fname}:{min(mark.line + 1, last_line)}" if mark else fname
         raise SpecError(f"{where}: malformed YAML: {problem}; fix the syntax there") from None
     if data is None:
         raise SpecError(f"{fname}: the file is empty; a job needs name, workload, training and resources")
     if not isinstance(data, dict):
         raise SpecError(f"{fname}:1: a job file must be a mapping of sections, not a {type(data).__name__}")
-    lines: dict[tuple, int] = {}
-    problems: list[str] = []
-    _walk_lines(node, (), lines, problems, fname)
     if problems:
         raise SpecError(f"{fname}: {len(problems)} problem(s)", problems=problems)
     return data, lines
@@ -483,7 +658,9 @@ def parse_override(text: str) -> tuple[tuple, Any]:
     if not key or any(not p for p in key.split(".")):
         raise SpecError(f"--set {text}: expected FIELD=VALUE, e.g. --set training.lr=5e-5")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml_bounded(raw) if raw.strip() else ""
+    except _YamlTooBig as exc:
+        raise SpecError(f"--set {text}: the value's {exc}") from None
     except (yaml.YAMLError, ValueError, IndexError, TypeError, RecursionError):
         value = raw  # not YAML: the schema decides whether the plain string will do
     return _split_path(key), value
@@ -547,7 +724,7 @@ def _format_errors(exc: ValidationError, fname: str, lines: dict[tuple, int], or
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         # pydantic adds the tag of a union member to loc; drop entries that are not real keys.
-        where = _where(loc, fname, lines, origins)
+        where = _where(tuple(p for p in loc if p != "[key]"), fname, lines, origins)  # "[key]": a dict key's error
         path = _dotted(loc)
         if err["type"] == "extra_forbidden":
             out.append(f"{where}: {path}: unknown key{_suggest(str(loc[-1]), _model_at(loc))}")
@@ -567,6 +744,11 @@ def _where(loc: tuple, fname: str, lines: dict[tuple, int], origins: dict[tuple,
     for n in range(len(loc), -1, -1):
         if loc[:n] in origins:
             return origins[loc[:n]]
+    # A section-level error (e.g. "set memory or mem_per_gpu") caused by a --set or profile deeper inside it.
+    below = [origin for path, origin in origins.items() if loc and path[:len(loc)] == loc]
+    if below:
+        return below[-1]
+    for n in range(len(loc), -1, -1):
         if loc[:n] in lines:
             return f"{fname}:{lines[loc[:n]]}"
     return fname
@@ -574,7 +756,7 @@ def _where(loc: tuple, fname: str, lines: dict[tuple, int], origins: dict[tuple,
 
 def known_profiles(doc: dict) -> list[str]:
     profiles = doc.get("profiles") or {}
-    return sorted(profiles) if isinstance(profiles, dict) else []
+    return sorted(str(p) for p in profiles) if isinstance(profiles, dict) else []  # YAML keys need not be text
 
 
 def load_job(path: str | Path, profile: str | None = None, overrides: list[str] | None = None) -> LoadedJob:
@@ -608,7 +790,8 @@ def load_job(path: str | Path, profile: str | None = None, overrides: list[str] 
     except ValidationError as exc:
         problems = _format_errors(exc, fname, lines, origins)
         raise SpecError(f"{fname}: {len(problems)} problem(s) in the job", problems=problems) from None
-    return LoadedJob(spec=spec, path=path.resolve(), profile=profile, overrides=list(overrides or []), raw=doc)
+    return LoadedJob(spec=spec, path=path.resolve(), profile=profile, overrides=list(overrides or []), raw=doc,
+                     lines=lines, origins=origins)
 
 
 # --------------------------------------------------------------------------------------------- finding jobs
@@ -627,13 +810,47 @@ def job_dirs() -> list[Path]:
 
 
 def shipped_dir(name: str) -> Path:
-    """A top-level folder of the hpcseg source tree (jobs/, templates/), wherever the package lives."""
-    here = Path(__file__).resolve().parent.parent / name
-    if here.is_dir():
-        return here
-    import sys
+    """A top-level folder of the hpcseg source tree (jobs/, templates/, singularity/), wherever hpcseg lives.
 
+    A source or editable checkout reads the repository's own folders, so an edit is seen at once. An
+    installed wheel carries them as data files under ``<prefix>/share/hpcseg/`` (setup.cfg), and the
+    prefix is not always ``sys.prefix`` (``pip install --user``, ``--prefix``, ``--target``), so the
+    installed record of the distribution is asked last. When nothing is found the usual place is
+    returned, so the caller's "not found" message names where the folder was expected.
+    """
+    source = Path(__file__).resolve().parent.parent
+    # The marker keeps a stray top-level templates/ folder in some site-packages from being taken for ours.
+    if (source / "setup.cfg").is_file() and (source / name).is_dir():
+        return source / name
+    for share in _share_dirs():
+        if (share / name).is_dir():
+            return share / name
     return Path(sys.prefix) / "share" / "hpcseg" / name
+
+
+def _share_dirs() -> list[Path]:
+    """Candidate ``share/hpcseg`` folders of an installed wheel, the likeliest first."""
+    dirs = [Path(sys.prefix) / "share" / "hpcseg"]
+    for scheme in (None, f"{os.name}_user"):
+        try:
+            data = sysconfig.get_path("data", scheme) if scheme else sysconfig.get_path("data")
+        except KeyError:
+            continue
+        dirs.append(Path(data) / "share" / "hpcseg")
+    try:
+        files = importlib.metadata.distribution("hpcseg").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for f in files:
+        parts = f.parts
+        for i in range(len(parts) - 1):
+            if parts[i:i + 2] == ("share", "hpcseg"):
+                dirs.append(Path(str(f.locate())).resolve().parents[len(parts) - i - 3])
+                break
+        else:
+            continue
+        break
+    return dirs
 
 
 def find_job(name_or_path: str) -> Path:

@@ -151,6 +151,27 @@ def dry_run_then_break(tmp: Path) -> None:
     (tmp / "data" / "images" / "bead_002.png").write_bytes(b"this is no longer a PNG")
 
 
+BOMB = ("{a: &a [x,x,x,x,x,x,x,x,x,x], b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], "
+        "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], "
+        "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d], f: [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]}")  # 10**6 values expanded
+MERGE_BOMB = ("{a: &a {k: 1}, b: &b {<<: [*a,*a,*a,*a,*a,*a,*a,*a]}, c: &c {<<: [*b,*b,*b,*b,*b,*b,*b,*b]}, "
+              "d: &d {<<: [*c,*c,*c,*c,*c,*c,*c,*c]}, e: &e {<<: [*d,*d,*d,*d,*d,*d,*d,*d]}, "
+              "f: {<<: [*e,*e,*e,*e,*e,*e,*e,*e]}}")  # merge keys keep every duplicate: 8**5 pairs
+MODEL = "- {name: unet, arch: unet, channels: [4, 8], dropout: 0.1}"
+
+
+def with_options(bomb: str) -> Callable[[Path], None]:
+    """The model's free-form ``options`` (any value goes) carry ``bomb``."""
+    return edited((MODEL, MODEL[:-1] + f", options: {bomb}}}"))
+
+
+def first_lookalike_run(tmp: Path) -> None:
+    """A dry run of "beads (new lr)" exists; the case then submits "beads, new lr"."""
+    valid(tmp)
+    proc = cli(tmp, *SUBMIT, "--set", "name=beads (new lr)")
+    assert proc.returncode == 0, proc.stderr
+
+
 # --------------------------------------------------------------------------------------------- cases
 
 
@@ -221,6 +242,40 @@ CASES: list[Case] = [
          "--set training.learning_rate=1e-3: training.learning_rate: unknown key (did you mean 'lr'?)"),
     Case("set-wrong-type", ("render", "job.yaml", "--set", "training.epochs=many"), 2, SPEC_FIRST,
          "--set training.epochs=many: training.epochs: Input should be a valid integer"),
+    # YAML: expansion is bounded, scalars are strict, and what a --set or profile broke is named
+    Case("yaml-alias-bomb", ("render", "job.yaml"), 2,
+         "hpcseg render: job.yaml:6: aliases and merge keys expand to more than 50000 values; write the values "
+         "out or use fewer aliases", setup=with_options(BOMB)),
+    Case("yaml-merge-bomb", ("render", "job.yaml"), 2,
+         "hpcseg render: job.yaml:6: aliases and merge keys expand to more than 50000 values",
+         setup=with_options(MERGE_BOMB)),
+    Case("yaml-recursive-alias", ("render", "job.yaml"), 2,
+         "hpcseg render: job.yaml:6: an alias refers to a value that contains it (a recursive structure); "
+         "write the value out", setup=with_options("&loop [*loop]")),
+    Case("gpus-yes", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:14: resources.gpus: expected a whole number, not true (YAML reads true/yes/on and "
+         "false/no/off as booleans)", setup=edited(("gpus: 0", "gpus: yes"))),
+    Case("epochs-on", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:9: training.epochs: expected a whole number, not true", setup=edited(("epochs: 1", "epochs: on"))),
+    Case("lr-nan", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:11: training.lr: must be a finite number, not NaN or infinity",
+         setup=edited(("lr: 0.01", "lr: .nan"))),
+    Case("set-alias-bomb", ("render", "job.yaml", "--set", f"workload.models.unet.options={BOMB}"), 2,
+         "hpcseg render: --set workload.models.unet.options={a: &a",
+         ": the value's aliases and merge keys expand to more than 50000 values", detail_at=0),
+    Case("set-deep-wrong-type", ("render", "job.yaml", "--set", "workload.models.unet.dropout=abc"), 2, SPEC_FIRST,
+         "--set workload.models.unet.dropout=abc: workload.models.0.dropout: Input should be a valid number"),
+    Case("set-breaks-a-section-rule", ("render", "job.yaml", "--set", "resources.memory=null"), 2, SPEC_FIRST,
+         "--set resources.memory=null: resources: set memory (e.g. 240G) or mem_per_gpu"),
+    Case("set-refused-after-loading", ("render", "job.yaml", "--set", "resources.queue=a b"), 2,
+         "hpcseg render: --set resources.queue=a b: resources.queue: "),
+    Case("profile-deep-wrong-type", ("render", "job.yaml", "--profile", "quick"), 2, SPEC_FIRST,
+         "job.yaml:21 (profile quick): training.early_stopping.patience: Input should be a valid integer",
+         setup=edited(("quick: {training.epochs: 1}", "quick: {training: {early_stopping: {patience: soon}}}"))),
+    # identity: names that read alike still get their own runs folder
+    Case("lookalike-job-names", (*SUBMIT, "--set", "name=beads, new lr"), 0,
+         "beads_new_lr-b9033ea652/", "dry run, nothing submitted", setup=first_lookalike_run, stream="stdout",
+         detail_at=0, creates=("runs/beads_new_lr-b9033ea652", "runs/beads_new_lr-b9033ea652/*")),
     Case("unknown-job-name", ("render", "microbead_optimised"), 2,
          "hpcseg render: job 'microbead_optimised' not found (did you mean 'microbead_optimized'?)"),
     # --- the dataset (preflight, through a submit that must refuse and create nothing)
@@ -366,6 +421,12 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
         result = json.loads((task / "result.json").read_text())
         assert result["reason"] == "failed" and result["exit_code"] == 2, result
         assert "bead_002.png" in (task / "train.log").read_text().splitlines()[-2]
+    if case.id == "lookalike-job-names":
+        folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
+        assert len(folders) == 2 and all(f.startswith("beads_new_lr-") for f in folders), folders
+        for folder in folders:
+            (manifest,) = (tmp_path / "runs" / folder).glob("*/manifest.json")
+            assert json.loads(manifest.read_text())["job"] in ("beads (new lr)", "beads, new lr")
 
 
 @pytest.mark.slurm

@@ -360,8 +360,10 @@ def test_slurm_directives_default(tmp_path):
 
 def test_job_name_is_the_slug_never_the_raw_name(tmp_path):
     spec = load("microbead_optimized", 'name="my job: v2 (test)"')
-    assert "#SBATCH --job-name=my_job_v2_test" in directive_lines(render_script(spec, "slurm", tmp_path))
-    assert "#PBS -N my_job_v2_test" in directive_lines(render_script(spec, "pbs", tmp_path))
+    assert f"#SBATCH --job-name={spec.slug}" in directive_lines(render_script(spec, "slurm", tmp_path))
+    assert spec.slug.startswith("my_job_v2_test-")  # plus a hash of the exact name (spec.job_slug)
+    assert f"#PBS -N {pbs_job_name(spec.slug)}" in directive_lines(render_script(spec, "pbs", tmp_path))
+    assert pbs_job_name(spec.slug).startswith("my_job_v2_test")
 
 
 def test_mem_and_mem_per_gpu_are_exclusive(tmp_path):
@@ -614,7 +616,7 @@ def test_cli_render_error_is_one_line_and_exit_2(tmp_path, capsys):
     rc = main(["render", str(REPO / "jobs" / "microbead_optimized.yaml"), "--set", "resources.queue=a b"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert err.startswith("hpcseg render: resources.queue:") and err.count("\n") == 1
+    assert err.startswith("hpcseg render: --set resources.queue=a b: resources.queue:") and err.count("\n") == 1
 
 
 # --------------------------------------------------------------------------------------------- image
