@@ -22,7 +22,8 @@ import pytest
 from hpcseg.cli import main
 from hpcseg.containers import container_command
 from hpcseg.errors import HpcsegError
-from hpcseg.render import pbs_job_name, render_script
+from hpcseg.render import render_script
+from hpcseg.schedulers.pbs import pbs_job_name
 from hpcseg.spec import JobSpec, load_job, with_absolute_paths
 
 REPO = Path(__file__).resolve().parent.parent
