@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -62,29 +64,57 @@ def _array_indices(spec: JobSpec, task_indices: list[int] | None) -> list[int]:
 
 
 def template_dirs(job_file: Path | None = None, templates: Path | None = None) -> list[Path]:
-    """Where templates are looked up, first match wins: the user's folder, then the shipped one."""
+    """Where templates are looked up, first match wins: ``--templates DIR``, else a ``templates/`` folder
+    in the job file's own folder; then the shipped set. Nowhere else: a folder further up (a shared
+    /tmp/templates, say) could be anyone's, and a job script runs with the user's rights."""
     shipped = shipped_dir("templates")
     if templates is not None:
         if not Path(templates).is_dir():
             raise HpcsegError(f"--templates {templates}: no such folder")
         return [Path(templates), shipped]
-    dirs: list[Path] = []
-    if job_file is not None:
-        job_file = _absolute(job_file)
-        for cand in (job_file.parent / "templates", job_file.parent.parent / "templates"):
-            if cand.is_dir() and cand.resolve() != shipped.resolve() and cand not in dirs:
-                dirs.append(cand)
-                break
-    return dirs + [shipped]
+    if job_file is None:
+        return [shipped]
+    beside = _absolute(job_file).parent / "templates"
+    if not beside.is_dir() or beside.resolve() == shipped.resolve():
+        return [shipped]
+    info = beside.stat()
+    if info.st_mode & stat.S_IWOTH:
+        raise HpcsegError(f"{beside}: this templates folder beside the job file is writable by every user, "
+                          f"so anyone could change the job script; chmod o-w it, or name it with --templates")
+    return [beside, shipped]
+
+
+class _Loader(jinja2.FileSystemLoader):
+    """A folder's loader that remembers which templates it served, so render can say when a template
+    did not come from the shipped set."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(str(folder))
+        self.folder = folder
+        self.served: list[str] = []
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str | None, Any]:
+        found = super().get_source(environment, template)
+        if template not in self.served:
+            self.served.append(template)
+        return found
 
 
 def make_environment(dirs: list[Path]) -> jinja2.Environment:
     """StrictUndefined: a misspelt variable is an error, not an empty string in a job script."""
-    loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(d)) for d in dirs])
+    loader = jinja2.ChoiceLoader([_Loader(d) for d in dirs])
     env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["q"] = _q
     return env
+
+
+def not_shipped(env: jinja2.Environment) -> list[Path]:
+    """Templates this environment served from a folder other than the shipped one."""
+    shipped = shipped_dir("templates").resolve()
+    loaders = getattr(env.loader, "loaders", [])
+    return [ld.folder / name for ld in loaders if isinstance(ld, _Loader) and ld.folder.resolve() != shipped
+            for name in ld.served]
 
 
 def _template_frame(tb: TracebackType | None) -> str | None:
@@ -119,11 +149,13 @@ def _dirs(env: jinja2.Environment) -> list[str]:
 
 def render_script(spec: JobSpec, scheduler: Scheduler, run_dir: Path, *, job_file: Path | None = None,
                   templates: Path | None = None, entrypoint: list[str] | None = None,
-                  task_indices: list[int] | None = None) -> str:
+                  task_indices: list[int] | None = None,
+                  on_template: Callable[[list[Path]], None] | None = None) -> str:
     """The job script for ``scheduler``: one array job whose element K trains task K of ``run_dir``.
 
     ``task_indices`` limits the array to some tasks (e.g. resubmitting interrupted ones); the script's
-    task table still maps each index to its own folder.
+    task table still maps each index to its own folder. ``on_template`` hears of every template that
+    did not come from the shipped set (``hpcseg render`` says so on stderr).
     """
     if scheduler not in TEMPLATE_NAMES:
         raise HpcsegError(f"--scheduler {scheduler}: choose one of {', '.join(TEMPLATE_NAMES)}")
@@ -145,7 +177,12 @@ def render_script(spec: JobSpec, scheduler: Scheduler, run_dir: Path, *, job_fil
         "cpus": spec.resources.cpus,
         "max_requeues": spec.training.max_requeues,
     }
-    return _render(make_environment(template_dirs(job_file, templates)), backend.template or "", context)
+    env = make_environment(template_dirs(job_file, templates))
+    text = _render(env, backend.template or "", context)
+    used = not_shipped(env)
+    if used and on_template is not None:
+        on_template(used)
+    return text
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -156,6 +193,23 @@ def default_run_dir(spec: JobSpec) -> Path:
     return Path.cwd() / "runs" / spec.slug / "DRY-RUN"
 
 
+def _check_output(path: Path, shown: str) -> None:
+    """-o replaces only a regular file (or makes a new one): never a symlink (it would replace the link,
+    or with another tool, write through it), a FIFO, a device or a folder."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise HpcsegError(f"-o {shown}: cannot write the script ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a symbolic link" if stat.S_ISLNK(info.st_mode) else "a folder" if stat.S_ISDIR(info.st_mode)
+                else "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
+                or stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "not a file")
+        raise HpcsegError(f"-o {shown}: is {kind}, not a regular file; hpcseg replaces only regular files, "
+                          f"so choose another path (or remove it first)")
+
+
 def cli_render(args: argparse.Namespace) -> int:
     """``hpcseg render JOB --scheduler S``: print the script, or write it (0755) with ``-o FILE``."""
     from hpcseg.fsutil import write_text_atomic
@@ -164,10 +218,19 @@ def cli_render(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
     run_dir = Path(args.run_dir).expanduser() if getattr(args, "run_dir", None) else default_run_dir(loaded.spec)
     templates = Path(args.templates).expanduser() if getattr(args, "templates", None) else None
-    text = render_script(loaded.spec, args.scheduler, run_dir, job_file=loaded.path, templates=templates)
-    if getattr(args, "output", None):
+    out = Path(args.output).expanduser() if getattr(args, "output", None) else None
+    if out is not None:
+        _check_output(out, str(args.output))
+
+    def say(used: list[Path]) -> None:
+        print(f"hpcseg render: not the shipped template: {', '.join(map(str, used))}", file=sys.stderr)
+
+    text = render_script(loaded.spec, args.scheduler, run_dir, job_file=loaded.path, templates=templates,
+                         on_template=say)
+    if out is not None:
+        _check_output(out, str(args.output))  # again: it may have changed while rendering
         try:
-            path = write_text_atomic(Path(args.output).expanduser(), text, mode=0o755)
+            path = write_text_atomic(out, text, mode=0o755)
         except OSError as exc:
             raise HpcsegError(f"-o {args.output}: cannot write the script ({exc.strerror})") from None
         print(f"wrote {path}", file=sys.stderr)

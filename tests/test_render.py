@@ -581,25 +581,72 @@ def _job_copy(where: Path) -> Path:
     return job
 
 
-def test_templates_beside_the_job_win_and_can_include_shipped_parts(tmp_path):
+def test_templates_come_only_from_the_job_folder_or_templates_and_are_reported(tmp_path):
+    """Shipped set, --templates DIR, or templates/ in the job file's own folder; never one further up
+    (issue 10: a templates/ two levels up, even a world-writable /tmp/templates, was used silently)."""
     job = _job_copy(tmp_path / "proj" / "jobs")
     (tmp_path / "proj" / "templates").mkdir()
-    (tmp_path / "proj" / "templates" / "slurm.sh.j2").write_text(
-        "#!/bin/bash\n#SBATCH --job-name={{ d.job_name }}\n# SITE TEMPLATE (parent)\n{% include 'body.sh.j2' %}")
+    (tmp_path / "proj" / "templates" / "slurm.sh.j2").write_text("#!/bin/bash\n# SITE TEMPLATE (parent)\n")
     spec = load_job(job).spec
-    script = render_script(spec, "slurm", tmp_path / "r", job_file=job)
-    assert "# SITE TEMPLATE (parent)" in script and "set -euo pipefail" in script
-    # the PBS template was not overridden: the shipped one is used
-    assert "#PBS -r y" in render_script(spec, "pbs", tmp_path / "r", job_file=job)
-    # a templates/ folder right next to the job file comes first
-    (job.parent / "templates").mkdir()
-    (job.parent / "templates" / "slurm.sh.j2").write_text("#!/bin/bash\n# SITE TEMPLATE (beside)\n")
-    assert "(beside)" in render_script(spec, "slurm", tmp_path / "r", job_file=job)
-    # --templates beats both
+    heard: list[list[Path]] = []
+    script = render_script(spec, "slurm", tmp_path / "r", job_file=job, on_template=heard.append)
+    assert "(parent)" not in script and "set -euo pipefail" in script and heard == []
+    # a templates/ folder right next to the job file is used, can include shipped parts, and is reported
+    beside = job.parent / "templates"
+    beside.mkdir()
+    (beside / "slurm.sh.j2").write_text(
+        "#!/bin/bash\n#SBATCH --job-name={{ d.job_name }}\n# SITE TEMPLATE (beside)\n{% include 'body.sh.j2' %}")
+    script = render_script(spec, "slurm", tmp_path / "r", job_file=job, on_template=heard.append)
+    assert "(beside)" in script and "set -euo pipefail" in script
+    assert heard == [[beside / "slurm.sh.j2"]]
+    # the PBS template was not overridden: the shipped one is used, and nothing is reported
+    heard.clear()
+    assert "#PBS -r y" in render_script(spec, "pbs", tmp_path / "r", job_file=job, on_template=heard.append)
+    assert heard == []
+    # --templates beats it
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "slurm.sh.j2").write_text("#!/bin/bash\n# MINE {{ d.array }}\n")
     assert render_script(spec, "slurm", tmp_path / "r", job_file=job, templates=mine) == "#!/bin/bash\n# MINE 0-2\n"
+    # a world-writable templates/ beside the job is refused (anyone could rewrite the job script)
+    beside.chmod(0o777)
+    with pytest.raises(HpcsegError, match="writable by every user"):
+        render_script(spec, "slurm", tmp_path / "r", job_file=job)
+
+
+def test_cli_render_says_when_a_template_is_not_shipped(tmp_path, capsys):
+    job = _job_copy(tmp_path / "proj")
+    (job.parent / "templates").mkdir()
+    (job.parent / "templates" / "pbs.sh.j2").write_text("#!/bin/bash\n# SITE\n")
+    assert main(["render", str(job), "--scheduler", "pbs"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "#!/bin/bash\n# SITE\n"
+    assert err.splitlines() == [f"hpcseg render: not the shipped template: {job.parent / 'templates' / 'pbs.sh.j2'}"]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "dangling", "folder"])
+def test_cli_render_o_replaces_only_regular_files(tmp_path, capsys, kind):
+    target = tmp_path / "precious"
+    target.write_text("keep me\n")
+    out = tmp_path / "job.slurm"
+    if kind == "symlink":
+        out.symlink_to(target)
+    elif kind == "dangling":
+        out.symlink_to(tmp_path / "nowhere")
+    elif kind == "fifo":
+        os.mkfifo(out)
+    else:
+        out.mkdir()
+    assert main(["render", "microbead_optimized", "--scheduler", "slurm", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"hpcseg render: -o {re.escape(str(out))}: is a (symbolic link|FIFO|folder), not a "
+                        r"regular file; .*\n", err), err
+    assert target.read_text() == "keep me\n"
+    assert out.is_symlink() or out.is_fifo() or out.is_dir()
+    # a regular file is replaced as before
+    (tmp_path / "plain").write_text("old")
+    assert main(["render", "microbead_optimized", "--scheduler", "slurm", "-o", str(tmp_path / "plain")]) == 0
+    assert (tmp_path / "plain").read_text().startswith("#!/bin/bash")
 
 
 def test_undefined_template_variable_is_a_clean_error(tmp_path):

@@ -135,6 +135,11 @@ def pbs_job_name(slug: str) -> str:
     return name[:PBS_NAME_MAX]
 
 
+def deadline_margin(spec: JobSpec) -> int:
+    """Seconds before the PBS walltime at which the trainer must stop: time to save and exit."""
+    return int(spec.resources.slurm.signal_seconds) or 300
+
+
 def pbs_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
     """Every value of the #PBS block, each checked for its directive line (after profiles and --set)."""
     r, p = spec.resources, spec.resources.pbs
@@ -163,6 +168,7 @@ def pbs_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
             out, err = f"logs/{name}.o^array_index^", f"logs/{name}.e^array_index^"
     walltime = walltime_directive(r.walltime)
     h, m, sec = (int(x) for x in walltime.split(":"))
+    seconds = h * 3600 + m * 60 + sec
     return {
         "flavor": p.flavor,
         "job_name": name,
@@ -171,7 +177,11 @@ def pbs_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
         "account_flag": p.account_flag,
         "resources": resources,
         "walltime": walltime,
-        "walltime_seconds": h * 3600 + m * 60 + sec,
+        "walltime_seconds": seconds,
+        # PBS sends no warning before the walltime: the script exports HPCSEG_DEADLINE (start + this) and
+        # the trainer checkpoints and exits 75 by then. The margin is the warning Slurm would get
+        # (resources.slurm.signal_seconds), at most half the walltime.
+        "deadline_seconds": seconds - min(deadline_margin(spec), seconds // 2),
         "array": array,
         "array_flag": "-t" if p.flavor == "torque" else "-J",
         "output": out,
