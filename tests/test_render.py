@@ -457,6 +457,39 @@ def test_slurm_extra_and_qos_constraint_account(tmp_path):
         assert line in d
 
 
+@pytest.mark.parametrize("overrides, slurm, pbs", [
+    (("resources.memory=1K",), "--mem=1M", "mem=1mb"),  # rounded up: --mem=0 is the whole node on Slurm
+    (("resources.memory=0.1G",), "--mem=103M", "mem=103mb"),
+    (("resources.memory=1.5T",), "--mem=1572864M", "mem=1536gb"),
+    (("resources.mem_per_gpu=1K", "resources.gpus=2"), "--mem-per-gpu=1M", "mem=2mb"),
+    (("resources.mem_per_gpu=80GiB", "resources.gpus=1"), "--mem-per-gpu=81920M", "mem=80gb"),
+])
+def test_memory_is_rounded_up_and_never_none(tmp_path, overrides, slurm, pbs):
+    spec = load("microbead_optimized", *overrides)
+    assert f"#SBATCH {slurm}" in directive_lines(render_script(spec, "slurm", tmp_path))
+    assert any(ln.endswith(f":{pbs}") for ln in directive_lines(render_script(spec, "pbs", tmp_path)))
+
+
+def test_walltime_is_written_from_ascii_digits(tmp_path):
+    spec = load("microbead_optimized", "resources.walltime=1:05:00")
+    assert "#SBATCH --time=01:05:00" in directive_lines(render_script(spec, "slurm", tmp_path))
+    for bad in ('"\\n12:00:00"', '"١٢:00:00"', '"12:00:00 "'):
+        try:
+            spec = load("microbead_optimized", f"resources.walltime={bad}")
+        except HpcsegError:
+            continue  # the schema refused it already
+        with pytest.raises(HpcsegError, match="^resources.walltime: .* cannot go on a scheduler directive line"):
+            render_script(spec, "slurm", tmp_path)
+
+
+def test_pbs_script_exports_the_deadline(tmp_path):
+    text = render_script(load("microbead_optimized", "resources.walltime=01:00:00"), "pbs", tmp_path)
+    assert "export HPCSEG_DEADLINE=$(( $(date +%s) + 3300 ))" in text  # 3600 - signal_seconds (300)
+    short = render_script(load("microbead_optimized", "resources.walltime=00:04:00"), "pbs", tmp_path)
+    assert "export HPCSEG_DEADLINE=$(( $(date +%s) + 120 ))" in short  # the margin is at most half
+    assert "HPCSEG_DEADLINE" not in render_script(load("microbead_optimized"), "slurm", tmp_path)
+
+
 @pytest.mark.parametrize("scheduler, override, field", [
     ("slurm", 'resources.queue="gpu\\n#SBATCH --wrap=x"', "resources.queue"),
     ("pbs", 'resources.queue="gpu\\rq"', "resources.queue"),
@@ -470,6 +503,15 @@ def test_slurm_extra_and_qos_constraint_account(tmp_path):
     ("pbs", 'resources.pbs.extra=["-m abe\\n#PBS -l select=99"]', "resources.pbs.extra.0"),
     ("pbs", 'resources.pbs.extra=["-J 0-9"]', "resources.pbs.extra.0"),
     ("pbs", 'resources.pbs.select="1:ncpus=2\\n#PBS -q x"', "resources.pbs.select"),
+    ("slurm", 'resources.slurm.extra=["--arr=0-99"]', "resources.slurm.extra.0"),
+    ("slurm", 'resources.slurm.extra=["-t5"]', "resources.slurm.extra.0"),
+    ("slurm", 'resources.slurm.extra=["--exclusive --array=1"]', "resources.slurm.extra.0"),
+    ("slurm", 'resources.slurm.extra=["--no-req"]', "resources.slurm.extra.0"),
+    ("slurm", 'resources.slurm.extra=["--ex"]', "resources.slurm.extra.0"),
+    ("pbs", 'resources.pbs.extra=["-hNname"]', "resources.pbs.extra.0"),
+    ("pbs", 'resources.pbs.extra=["-l place=scatter,walltime=99:00:00"]', "resources.pbs.extra.0"),
+    ("pbs", 'resources.pbs.extra=["-W depend=afterok:1"]', "resources.pbs.extra.0"),
+    ("pbs", 'resources.queue="gpu\u0661"', "resources.queue"),
 ])
 def test_directive_injection_is_refused(tmp_path, scheduler, override, field):
     spec = load("microbead_optimized", override)
