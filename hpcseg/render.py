@@ -32,7 +32,8 @@ from hpcseg.errors import HpcsegError
 from hpcseg.schedulers.directives import Scheduler
 from hpcseg.spec import JobSpec, shipped_dir
 
-TEMPLATE_NAMES: dict[str, str] = {"slurm": "slurm.sh.j2", "pbs": "pbs.sh.j2"}
+# The schedulers with a job script of their own (the backend's `template` in templates/).
+SCRIPT_SCHEDULERS = ("slurm", "pbs")
 
 
 # --------------------------------------------------------------------------------------------- values
@@ -157,8 +158,8 @@ def render_script(spec: JobSpec, scheduler: Scheduler, run_dir: Path, *, job_fil
     task table still maps each index to its own folder. ``on_template`` hears of every template that
     did not come from the shipped set (``hpcseg render`` says so on stderr).
     """
-    if scheduler not in TEMPLATE_NAMES:
-        raise HpcsegError(f"--scheduler {scheduler}: choose one of {', '.join(TEMPLATE_NAMES)}")
+    if scheduler not in SCRIPT_SCHEDULERS:
+        raise HpcsegError(f"--scheduler {scheduler}: choose one of {', '.join(SCRIPT_SCHEDULERS)}")
     run_dir = _absolute(run_dir)
     indices = _array_indices(spec, task_indices)
     by_index = {t.index: t for t in spec.tasks()}
