@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from hpcseg.errors import EXIT_FAILED, HpcsegError
+from hpcseg.workloads import registry
 
 # verb -> (module, function). The function takes the parsed arguments and returns an exit code.
 VERBS: dict[str, tuple[str, str]] = {
@@ -118,13 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-batch", type=int, default=8)
 
     p = sub.add_parser("synth", help="generate synthetic datasets for tests and demos")
-    p.add_argument("kind", choices=["microbeads", "hyperspectral", "marida", "ham10000"])
+    p.add_argument("kind", choices=registry.synth_kinds())
     p.add_argument("out")
-    p.add_argument("--n", type=int, help="images (cores for hyperspectral); default 73 for microbeads")
-    p.add_argument("--size", type=int, help="image side in pixels; default 256 for microbeads")
+    p.add_argument("--n", type=int, help="items (images, tiles or cores); default: the kind's own")
+    p.add_argument("--size", type=int, help="image side in pixels; default: the kind's own")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("demo", help="synthesise data, run both microbead jobs, follow them and compare")
+    p = sub.add_parser("demo", help="synthesise data, run the two demo jobs (baseline and tuned), follow them and compare")
     p.add_argument("--scheduler", choices=["auto", "slurm", "pbs", "local"], default="auto")
     p.add_argument("--workdir", default=".", help="where data/ and runs/ go")
     return parser

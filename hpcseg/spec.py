@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hpcseg.errors import SpecError
+from hpcseg.workloads.registry import DEFAULT_LAYOUT, LAYOUTS
 
 # --------------------------------------------------------------------------------------------- schema
 
@@ -77,13 +78,13 @@ class Strict(BaseModel):
 
 class DatasetSpec(Strict):
     root: str = Field(description="Dataset folder; ~ and $VARS expand, relative paths are from the cwd.")
-    layout: Literal["microbead", "marida", "hyperspectral", "ham10000"] = "microbead"
+    layout: Literal[LAYOUTS] = DEFAULT_LAYOUT  # type: ignore[valid-type]  # hpcseg/workloads/registry.py
     expected_count: int | None = Field(None, ge=1, description="Images the folder must hold.")
     image_size: tuple[Annotated[int, Field(ge=8, le=8192)], Annotated[int, Field(ge=8, le=8192)]] = (256, 256)
     channels: int = Field(1, ge=1, le=1024)
     num_classes: int = Field(2, ge=2, le=1000)
     class_names: list[str] | None = None
-    metadata: str | None = Field(None, description="Label table inside root (HAM10000 metadata CSV).")
+    metadata: str | None = Field(None, description="Label table inside root (a metadata CSV).")
 
     @field_validator("image_size", mode="before")
     @classmethod

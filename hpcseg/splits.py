@@ -38,7 +38,7 @@ def make_splits(spec: JobSpec, index: DatasetIndex) -> dict[str, Any]:
 
     folds == 1: one hold-out of ``val_fraction``; folds > 1: k-fold. ``stratified`` balances
     ``index.strata`` when every stratum is big enough, and otherwise falls back to random with the
-    reason recorded; ``index.groups`` (e.g. HAM10000 lesions) never straddle train and validation.
+    reason recorded; ``index.groups`` (e.g. images of one lesion) never straddle train and validation.
     """
     from sklearn.model_selection import (
         GroupKFold,

@@ -7,7 +7,8 @@ Output convention, shared by every segmentation builder, loss and metric:
 * ``multiclass_segmentation``: K = dataset.num_classes logit channels, (B, K, H, W); softmax; argmax.
 * ``classification``: (B, K) logits; softmax; argmax.
 
-:data:`ARCHS` maps ``model.arch`` to a lazily imported ``"module:function"`` builder with the signature
+:data:`ARCHS` maps ``model.arch`` to a lazily imported ``"module:function"`` builder (the generic U-Nets
+here, and what each workload registers in hpcseg.workloads.registry) with the signature
 ``build(spec: JobSpec, model: ModelSpec) -> torch.nn.Module``, so one workload's heavy dependencies are
 imported only by the tasks that use them. :func:`build_model` adds pretrained weights from
 ``model.weights`` (a local file: compute nodes have no internet, so nothing is ever downloaded).
@@ -24,6 +25,7 @@ from torch import nn
 
 from hpcseg.errors import HpcsegError
 from hpcseg.spec import JobSpec, ModelSpec
+from hpcseg.workloads import registry
 
 log = logging.getLogger("hpcseg.train")
 
@@ -32,12 +34,7 @@ ARCHS: dict[str, str] = {
     "unet": "hpcseg.train.models:build_unet",
     "attention_unet": "hpcseg.train.models:build_attention_unet",
     "attention_res_unet": "hpcseg.train.models:build_attention_res_unet",
-    "se_unet": "hpcseg.train.models_se:build",
-    "ssmu_net": "hpcseg.train.models_ssmu:build",
-    "resnet50": "hpcseg.train.models_classify:build",
-    "densenet121": "hpcseg.train.models_classify:build",
-    "efficientnet_b3": "hpcseg.train.models_classify:build",
-    "vit_b_16": "hpcseg.train.models_classify:build",
+    **registry.archs(),  # what each workload brings (se_unet, ssmu_net, the classifiers, ...)
 }
 
 
