@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hpcseg.errors import SpecError
-from hpcseg.workloads.registry import DEFAULT_LAYOUT, LAYOUTS
+from hpcseg.workloads.registry import DEFAULT_LAYOUT, LAYOUTS, WORKLOAD_ARCHS
 
 # --------------------------------------------------------------------------------------------- schema
 
@@ -92,10 +92,8 @@ class DatasetSpec(Strict):
         return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
-Arch = Literal[
-    "unet", "attention_unet", "attention_res_unet", "se_unet", "ssmu_net",
-    "resnet50", "densenet121", "efficientnet_b3", "vit_b_16",
-]
+# The generic U-Nets (hpcseg/train/models.py) and what each workload adds (hpcseg/workloads/registry.py).
+Arch = Literal[("unet", "attention_unet", "attention_res_unet", *WORKLOAD_ARCHS)]
 
 
 class ModelSpec(Strict):

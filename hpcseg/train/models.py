@@ -29,7 +29,8 @@ from hpcseg.workloads import registry
 
 log = logging.getLogger("hpcseg.train")
 
-# arch -> "module:function". Keep these names stable: plug-in modules are written against them.
+# arch -> "module:function". Keep these names stable: plug-in modules are written against them. The
+# generic names are repeated in spec.Arch, which must stay torch-free.
 ARCHS: dict[str, str] = {
     "unet": "hpcseg.train.models:build_unet",
     "attention_unet": "hpcseg.train.models:build_attention_unet",

@@ -39,6 +39,7 @@ WORKLOADS: dict[str, Workload] = {w.layout: w for w in (
 )}
 LAYOUTS: tuple[str, ...] = tuple(WORKLOADS)
 DEFAULT_LAYOUT = "microbead"  # what a job file without workload.dataset.layout means
+WORKLOAD_ARCHS: tuple[str, ...] = tuple(arch for w in WORKLOADS.values() for arch in w.archs)
 
 
 def part(layout: str, name: str) -> ModuleType:
