@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="preflight: dataset, container, weights and resources, all problems at once")
     _job_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--runs-dir", help="where submit will record runs (default: $HPCSEG_RUNS or ./runs)")
 
     p = sub.add_parser("submit", help="check, render, record and submit the models x folds as one array job")
     _job_args(p)

@@ -13,7 +13,9 @@ in its own ``checks.py`` (found through hpcseg.workloads.registry) and build on 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import math
 import os
 import shutil
 from collections import Counter
@@ -383,6 +385,33 @@ def check_codes(c: Checks, r: Read, low: int, high: int, meaning: str) -> None:
         c.error("dataset", r.path, f"label values {show_values(bad)} are outside {low}..{high} ({meaning})")
 
 
+# --------------------------------------------------------------------------------------------- split
+
+
+def _check_split(c: Checks) -> None:
+    """Make the split exactly as submit will (same code, same seed), so what submit or the node would
+    refuse (more folds than items, a fold with an empty side, a seed out of range) is found now. Only
+    when the dataset itself passed: its problems are reported above and would only repeat here."""
+    from hpcseg.errors import HpcsegError
+    from hpcseg.layouts import index_dataset
+    from hpcseg.splits import SEED_MAX, make_splits
+
+    seed = c.spec.workload.seed
+    if not 0 <= seed <= SEED_MAX:
+        c.error("split", c.field("workload.seed"), f"{seed} is out of range; use a whole number from 0 to {SEED_MAX}")
+        return
+    if c.result.errors:
+        return
+    try:
+        splits = make_splits(c.spec, index_dataset(c.spec))
+    except HpcsegError as exc:
+        c.error("split", c.field("workload.split"), exc.message.removeprefix("split: "))
+        return
+    # A stratified split that cannot be made falls back to random by design (splits.json records why);
+    # the checked line says so rather than warning on every small dataset.
+    c.count("split", f"{len(splits['folds'])} fold(s), {splits['method_used']}")
+
+
 # --------------------------------------------------------------------------------------------- container
 
 
@@ -455,22 +484,107 @@ def _check_resources(c: Checks) -> None:
                f"each epoch is one partial batch")
 
 
+# --------------------------------------------------------------------------------------------- the job itself
+
+
+def _check_models(c: Checks) -> None:
+    """What the model builder would refuse on the node: unknown arch, unknown options, image sizes."""
+    from hpcseg.archs import model_problems
+
+    for m in c.spec.workload.models:
+        for where, message in model_problems(c.spec, m):
+            c.error("model", c.field(where), message)
+
+
+def _check_metric(c: Checks) -> None:
+    """``collection.metric`` picks the best epoch and compares runs; a name the history lacks would leave
+    collect with nothing to compare after the whole run."""
+    from hpcseg.columns import columns
+
+    col = c.spec.collection
+    have = columns(c.spec.workload.task)[1:-2]  # what the trainer accepts: the losses and the val_ metrics
+    if col.metric not in have:
+        close = difflib.get_close_matches(col.metric, have, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        c.error("collection", c.field("collection.metric"),
+                f"{col.metric!r} is not a history.csv column of a {c.spec.workload.task} task ({hint}columns: "
+                f"{', '.join(have)})")
+    elif col.metric.endswith("loss") and col.mode == "max":
+        c.warn("collection", c.field("collection.mode"), f"{col.metric} is a loss but mode is max; the worst "
+                                                         f"epoch would count as best (set mode: min)")
+
+
+def _check_finite(c: Checks) -> None:
+    """NaN or infinity anywhere in the job (YAML's .nan and .inf; model options included) trains nothing
+    useful, or diverges after the queue wait; every such number is named."""
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            c.error("job", c.field(path), f"{value} is not a finite number; give a real value")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(value, list | tuple):
+            names = [m.name for m in c.spec.workload.models] if path == "workload.models" else None
+            for i, v in enumerate(value):  # models by name, as --set names them
+                walk(v, f"{path}.{names[i] if names else i}")
+
+    walk(c.spec.model_dump(exclude={"profiles"}), "")
+
+
+def _check_paths(c: Checks, runs_dir: Path | None) -> None:
+    """Folder names made from the job (its name, model names, a new --runs-dir) must fit the file system
+    the run folder goes to; a too-long one fails at mkdir, after the scheduler may have been asked."""
+    from hpcseg.runs import runs_root
+
+    root = Path(runs_dir) if runs_dir is not None else runs_root()
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):  # not a folder (reported by submit), or a file system without limits
+        return
+    # (where to fix it, the folder name): new folders of the runs path, the job's folder, model folders
+    parts = [(f"{root} (--runs-dir or HPCSEG_RUNS)", p) for p in root.relative_to(existing).parts]
+    parts.append((c.field("name"), c.spec.slug))
+    parts += [(c.field(f"workload.models.{m.name}"), m.name) for m in c.spec.workload.models]
+    for where, part in parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            shown = part if len(part) <= 40 else f"{part[:37]}..."
+            c.error("paths", where, f"the folder name {shown!r} is {size} bytes; the file system of {existing} "
+                                    f"allows {name_max}; shorten it")
+    longest = max((m.name for m in c.spec.workload.models), key=len)
+    deepest = root / c.spec.slug / "20000101-000000-abcd" / "tasks" / longest / "fold_99" / \
+        ".checkpoint_last.pt.xxxxxxxx.tmp"
+    if len(os.fsencode(str(deepest))) > path_max:
+        c.error("paths", str(root), f"run paths would be {len(os.fsencode(str(deepest)))} bytes long, more than "
+                                    f"the {path_max} the file system allows; use a shorter runs folder")
+
+
 # --------------------------------------------------------------------------------------------- entry points
 
 
-def preflight(spec: JobSpec, job_file: Path | None = None) -> PreflightResult:
-    """All checks, in a fixed order (dataset, container, weights, resources), with what was checked."""
+def preflight(spec: JobSpec, job_file: Path | None = None, runs_dir: Path | None = None) -> PreflightResult:
+    """All checks, in a fixed order (dataset, split, container, weights, resources, job), with what was
+    checked. ``runs_dir``: where the run folder will go (default: $HPCSEG_RUNS or ./runs)."""
     c = Checks(spec, job_file)
     _check_dataset(c)
+    _check_split(c)
     _check_container(c)
     _check_weights(c)
     _check_resources(c)
+    _check_models(c)
+    _check_metric(c)
+    _check_finite(c)
+    _check_paths(c, runs_dir)
     return c.result
 
 
-def run_preflight(spec: JobSpec, job_file: Path | None = None) -> list[Problem]:
+def run_preflight(spec: JobSpec, job_file: Path | None = None, runs_dir: Path | None = None) -> list[Problem]:
     """Every problem with the job's inputs; ``spec`` should have absolute paths (with_absolute_paths)."""
-    return preflight(spec, job_file).problems
+    return preflight(spec, job_file, runs_dir).problems
 
 
 def summary_line(result: PreflightResult) -> str:
@@ -490,7 +604,8 @@ def cli_check(args: argparse.Namespace) -> int:
     from hpcseg.jobload import load_from_args
 
     loaded = load_from_args(args)
-    result = preflight(loaded.spec, loaded.path)
+    runs_dir = getattr(args, "runs_dir", None)
+    result = preflight(loaded.spec, loaded.path, Path(runs_dir).expanduser().resolve() if runs_dir else None)
     if getattr(args, "json", False):
         print(json.dumps({
             "job": loaded.spec.name, "job_file": str(loaded.path), "profile": loaded.profile,

@@ -52,8 +52,8 @@ def test_registry_names_are_what_the_job_file_accepts() -> None:
 def test_arch_and_source_targets_point_inside_their_workload() -> None:
     for layout, target in registry.sources().items():
         assert target == f"hpcseg.workloads.{layout}.train:build"
-    for arch, target in registry.archs().items():
-        module, _, func = target.partition(":")
+    for arch, info in registry.archs().items():
+        module, _, func = info.target.partition(":")
         owner = [w for w in registry.WORKLOADS.values() if arch in w.archs]
         assert len(owner) == 1 and module.startswith(owner[0].package + "."), arch
         assert importlib.util.find_spec(module) is not None and func

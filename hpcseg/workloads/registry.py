@@ -10,15 +10,26 @@ This module imports nothing from hpcseg, so spec.py can read the names from it a
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What ``hpcseg check`` must know of a ``model.arch`` without importing torch: its builder, the
+    ``model.options`` keys it reads (any other key is a typo), and what the image size must divide by."""
+
+    target: str  # "module:function"; for a workload's arch, the module is relative to its package
+    options: tuple[str, ...] = ()
+    halves: bool = True  # U-Net-like: the image halves once per level of model.channels
+    patch: tuple[str, int] | None = None  # (option, default): the image is cut into square patches
 
 
 @dataclass(frozen=True)
 class Workload:
     layout: str  # the workload.dataset.layout value
     synth: str  # the `hpcseg synth KIND` name
-    archs: dict[str, str] = field(default_factory=dict)  # model.arch -> "module:function" in the package
+    archs: dict[str, Arch] = field(default_factory=dict)  # the model.arch names this workload adds
 
     @property
     def package(self) -> str:
@@ -29,13 +40,18 @@ class Workload:
         return importlib.import_module(f"{self.package}.{name}")
 
 
-_CLASSIFIERS = ("resnet50", "densenet121", "efficientnet_b3", "vit_b_16")
+_CNN = Arch("models:build", halves=False)  # global pooling: any image size
+_SSMU_OPTIONS = ("sinc_filters", "embed_dim", "mamba_layers", "pooling", "sinc_kernel", "spectral_stride",
+                 "d_state", "patches_per_core", "min_tissue", "min_foreground")  # the last three: sampling
+_VIT = Arch("models:build", ("patch_size", "hidden_size", "mlp_dim", "num_layers", "num_heads"), halves=False,
+            patch=("patch_size", 16))
 
 WORKLOADS: dict[str, Workload] = {w.layout: w for w in (
     Workload("microbead", synth="microbeads"),
-    Workload("marida", synth="marida", archs={"se_unet": "models_se:build"}),
-    Workload("hyperspectral", synth="hyperspectral", archs={"ssmu_net": "models_ssmu:build"}),
-    Workload("ham10000", synth="ham10000", archs=dict.fromkeys(_CLASSIFIERS, "models:build")),
+    Workload("marida", synth="marida", archs={"se_unet": Arch("models_se:build")}),
+    Workload("hyperspectral", synth="hyperspectral", archs={"ssmu_net": Arch("models_ssmu:build", _SSMU_OPTIONS)}),
+    Workload("ham10000", synth="ham10000", archs={"resnet50": _CNN, "densenet121": _CNN, "efficientnet_b3": _CNN,
+                                                  "vit_b_16": _VIT}),
 )}
 LAYOUTS: tuple[str, ...] = tuple(WORKLOADS)
 DEFAULT_LAYOUT = "microbead"  # what a job file without workload.dataset.layout means
@@ -66,6 +82,7 @@ def sources() -> dict[str, str]:
     return {w.layout: f"{w.package}.train:build" for w in WORKLOADS.values()}
 
 
-def archs() -> dict[str, str]:
-    """model.arch -> "module:function" for the architectures workloads bring beside the generic U-Nets."""
-    return {arch: f"{w.package}.{target}" for w in WORKLOADS.values() for arch, target in w.archs.items()}
+def archs() -> dict[str, Arch]:
+    """model.arch -> its :class:`Arch` (target made absolute) for what workloads bring beside the U-Nets."""
+    return {name: replace(a, target=f"{w.package}.{a.target}")
+            for w in WORKLOADS.values() for name, a in w.archs.items()}
