@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from hpcseg.errors import EXIT_FAILED, HpcsegError
+from hpcseg.errors import EXIT_BAD_INPUT, EXIT_FAILED, HpcsegError
 from hpcseg.workloads import registry
 
 # verb -> (module, function). The function takes the parsed arguments and returns an exit code.
@@ -164,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_FAILED
+    except OSError as exc:  # a path the user gave: too long, not permitted, a loop, a full disk
+        where = exc.filename or "a file"
+        print(f"hpcseg {args.verb}: {where}: {exc.strerror or exc}".replace("\n", "\\n"), file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

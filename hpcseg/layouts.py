@@ -9,6 +9,7 @@ validation). The training sources list their items in exactly this order.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +38,13 @@ def index_dataset(spec: JobSpec, *, strata: bool = True) -> DatasetIndex:
     """The items of ``spec.workload.dataset``; ``strata=False`` skips reading labels (faster checks)."""
     ds = spec.workload.dataset
     root = Path(ds.root)
-    if not root.is_dir():
+    if not os.path.isdir(root):
         raise HpcsegError(f"dataset root {root} is not a folder (is it mounted on this node?)")
-    index = registry.part(ds.layout, "layout").index(spec, root, strata)
+    try:
+        index = registry.part(ds.layout, "layout").index(spec, root, strata)
+    except OSError as exc:  # a name too long, no permission, a loop: the user's to fix, in one line
+        raise HpcsegError(f"{exc.filename or root}: {exc.strerror or exc} (dataset {root}, {ds.layout} "
+                          f"layout)") from None
     if not index.names:
         raise HpcsegError(f"dataset {root} ({ds.layout} layout) holds no items; see docs/formats.md")
     return index

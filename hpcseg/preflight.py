@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import json
 import math
 import os
@@ -313,11 +314,31 @@ def train_fraction(spec: JobSpec) -> float:
 # --------------------------------------------------------------------------------------------- dataset
 
 
+def path_problem(path: Path) -> str | None:
+    """Why a path the user gave cannot even be looked at (a name longer than the file system allows, a
+    symlink loop, no permission), or None when it can (whether or not it exists). pathlib's exists()
+    raises on these instead of answering, which would end the check in a traceback."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except ValueError:  # an embedded NUL byte
+        return "the path holds a NUL character; fix it"
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return "a name in this path is longer than the file system allows; shorten it"
+        return f"cannot look at it ({exc.strerror or exc}); fix the path or its permissions"
+    return None
+
+
 def _check_dataset(c: Checks) -> None:
     ds = c.spec.workload.dataset
     root = Path(ds.root)
     c.count("dataset", str(root))
     c.count("layout", ds.layout)
+    if (why := path_problem(root)) is not None:
+        c.error("dataset", root, f"workload.dataset.root: {why}")
+        return
     if not root.exists():
         c.error("dataset", root, f"dataset folder not found (workload.dataset.root); copy the data there or "
                                  f"point --set workload.dataset.root=DIR at it (`hpcseg synth "
@@ -421,7 +442,9 @@ def _check_container(c: Checks) -> None:
     if ct.runtime == "none":
         return
     image = Path(ct.image or "")
-    if not image.exists():
+    if (why := path_problem(image)) is not None:
+        c.error("container", image, f"container.image: {why}")
+    elif not image.exists():
         c.error("container", image, "container image not found; build it as docs/containers.md describes, "
                                     "or copy it there; without a container: --set container.runtime=none")
     elif image.is_file() and image.stat().st_size == 0:
@@ -434,7 +457,9 @@ def _check_container(c: Checks) -> None:
                 f"{ct.runtime} not found on PATH{hint}; login nodes sometimes lack it while compute nodes "
                 f"have it; for CPU/local runs use --set container.runtime=none")
     for b in ct.binds:
-        if not Path(b.src).exists():
+        if (why := path_problem(Path(b.src))) is not None:
+            c.error("container", b.src, f"bind source: {why}")
+        elif not Path(b.src).exists():
             c.warn("container", b.src, "bind source does not exist here; the container will fail to start "
                                        "unless it exists on the compute nodes")
 
@@ -451,7 +476,9 @@ def _check_weights(c: Checks) -> None:
         path = Path(m.weights)
         fix = (f"compute nodes have no internet: copy it to this path first, or train {m.name} from "
                f"scratch with --set workload.models.{m.name}.weights=null")
-        if not path.exists():
+        if (why := path_problem(path)) is not None:
+            c.error("weights", path, f"weights of model {m.name}: {why}")
+        elif not path.exists():
             c.error("weights", path, f"weights of model {m.name} not found; {fix}")
         elif not path.is_file():
             c.error("weights", path, f"weights of model {m.name} is a folder, not a file; {fix}")
@@ -538,7 +565,7 @@ def _check_paths(c: Checks, runs_dir: Path | None) -> None:
 
     root = Path(runs_dir) if runs_dir is not None else runs_root()
     existing = root
-    while not existing.exists() and existing != existing.parent:
+    while not os.path.exists(existing) and existing != existing.parent:
         existing = existing.parent
     try:
         name_max = os.pathconf(existing, "PC_NAME_MAX")

@@ -17,6 +17,7 @@ the new attempt and the trainer resumes from the task's own checkpoint.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -72,7 +73,7 @@ def submit_job(loaded: LoadedJob, scheduler: str = "auto", via: str = "sbatch", 
     if missing:
         raise SchedulerError(f"{missing}; nothing was created")
     job_dir = (runs_dir or runs_root()) / loaded.spec.slug
-    job_dir_existed = job_dir.is_dir()
+    made_from = _first_missing(job_dir)  # the folders create_run makes on the way, removed on a refusal
     run = create_run(loaded, name, runs_dir)
     try:
         from hpcseg.splits import ensure_splits
@@ -95,7 +96,7 @@ def submit_job(loaded: LoadedJob, scheduler: str = "auto", via: str = "sbatch", 
         sub = backend.submit(run.dir, script, then_collect=then_collect, max_parallel=max_parallel)
     except BaseException as exc:
         if isinstance(exc, HpcsegError) and exc.exit_code == EXIT_BAD_INPUT:
-            _discard(run, job_dir if not job_dir_existed else None)
+            _discard(run, job_dir, made_from)
             if "nothing was created" not in exc.message:
                 exc.message = f"{exc.message}; nothing was created or submitted"
             raise
@@ -110,15 +111,29 @@ def submit_job(loaded: LoadedJob, scheduler: str = "auto", via: str = "sbatch", 
     return run
 
 
-def _discard(run: Run, job_dir: Path | None) -> None:
-    """Remove a run folder whose input was refused before any scheduler saw it (and its job folder when
-    this submit made it and it is empty now): a record of a job that never existed only misleads."""
+def _first_missing(path: Path) -> Path | None:
+    """The topmost folder of ``path`` that does not exist yet (None when ``path`` exists)."""
+    missing = None
+    while not os.path.isdir(path) and path != path.parent:
+        missing, path = path, path.parent
+    return missing
+
+
+def _discard(run: Run, job_dir: Path, made_from: Path | None) -> None:
+    """Remove a run folder whose input was refused before any scheduler saw it, and the empty folders
+    this submit made above it (runs/, runs/<job>/): a record of a job that never existed only misleads."""
     shutil.rmtree(run.dir, ignore_errors=True)
-    if job_dir is not None:
+    if made_from is None:
+        return
+    folder = job_dir
+    while True:
         try:
-            job_dir.rmdir()
-        except OSError:  # another run appeared meanwhile, or it was never ours to remove
-            pass
+            folder.rmdir()
+        except OSError:  # another run appeared meanwhile: it is not ours to remove
+            return
+        if folder == made_from:
+            return
+        folder = folder.parent
 
 
 def cli_submit(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from hpcseg.preflight import (
     check_channels,
     check_expected_count,
     listed,
+    path_problem,
     plural,
     read_all,
     report_read_errors,
@@ -73,6 +74,9 @@ def check(c: Checks, root: Path) -> None:
 
 def _read_metadata(c: Checks, path: Path) -> list[dict[str, str]] | None:
     """The metadata rows, or None (with a problem) when the table is missing or lacks a column."""
+    if (why := path_problem(path)) is not None:
+        c.error("dataset", path, f"workload.dataset.metadata: {why}")
+        return None
     if not path.is_file():
         c.error("dataset", path, "metadata CSV not found (workload.dataset.metadata, inside the dataset root); "
                                  "copy HAM10000_metadata.csv there")
