@@ -671,7 +671,7 @@ def resolve_path(value: str | None, base: Path | None = None) -> Path | None:
 def with_absolute_paths(spec: JobSpec, base: Path | None = None) -> JobSpec:
     """A copy whose file paths are absolute, so the compute node (another cwd, maybe another mount
     namespace inside the container) reads exactly what preflight checked."""
-    data = spec.model_dump(mode="json")
+    data = spec.model_dump()  # not mode="json": that turns a NaN in model options into null unseen
 
     def absolute(v: str | None) -> str | None:
         p = resolve_path(v, base)
