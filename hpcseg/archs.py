@@ -3,7 +3,8 @@
 The generic U-Nets are listed here, each workload's architectures in hpcseg/workloads/registry.py;
 hpcseg/train/models.py builds from this catalogue, and ``hpcseg check`` uses it to refuse, before the
 queue, what the builder would refuse on the node: an unknown arch, an option the builder never reads (a
-typo silently trains the default), and an image size the network cannot divide.
+typo silently trains the default; a workload's data source may read options too), and an image size
+the network cannot divide.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import difflib
 
 from hpcseg.spec import JobSpec, ModelSpec
-from hpcseg.workloads.registry import Arch, archs
+from hpcseg.workloads.registry import WORKLOADS, Arch, archs
 
 GENERIC: dict[str, Arch] = {
     "unet": Arch("hpcseg.train.models:build_unet", ("num_res_units",)),
@@ -28,10 +29,11 @@ def model_problems(spec: JobSpec, model: ModelSpec) -> list[tuple[str, str]]:
     if arch is None:
         return [(f"{where}.arch", f"unknown arch {model.arch!r}; known: {', '.join(CATALOGUE)}")]
     out: list[tuple[str, str]] = []
-    for key in sorted(set(model.options) - set(arch.options)):
-        close = difflib.get_close_matches(key, arch.options, n=1)
+    allowed = (*arch.options, *WORKLOADS[spec.workload.dataset.layout].source_options)
+    for key in sorted(set(model.options) - set(allowed)):
+        close = difflib.get_close_matches(key, allowed, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        known = ", ".join(arch.options) or "none"
+        known = ", ".join(allowed) or "none"
         out.append((f"{where}.options.{key}", f"{model.arch} has no option {key!r} ({hint}known: {known})"))
     h, w = spec.workload.dataset.image_size
     if arch.halves:

@@ -424,7 +424,8 @@ def _check_split(c: Checks) -> None:
     if c.result.errors:
         return
     try:
-        splits = make_splits(c.spec, index_dataset(c.spec))
+        stratified = c.spec.workload.split.method == "stratified"  # labels are read only when they matter
+        splits = make_splits(c.spec, index_dataset(c.spec, strata=stratified))
     except HpcsegError as exc:
         c.error("split", c.field("workload.split"), exc.message.removeprefix("split: "))
         return

@@ -97,7 +97,7 @@ def test_every_option_the_builder_does_not_read_is_named(arch: str, options: dic
     spec = job(workload__task=task, workload__dataset={"root": "/x", "image_size": 64},
                workload__models=[{"name": "m", "arch": arch, "channels": [4, 8], "options": options}])
     named = {w.rsplit(".", 1)[1] for w, _ in model_problems(spec, spec.workload.models[0]) if ".options." in w}
-    known = set(CATALOGUE[arch].options)
+    known = set(CATALOGUE[arch].options)  # the microbead source reads no options
     assert named == {k for k in options if k not in known} - ({"patch_size"} if "patch_size" in known else set())
 
 
@@ -202,3 +202,15 @@ def test_check_cli_names_non_finite_option(tmp_path: Path, value: str, shown: st
     rc = main(["check", str(tmp_path / "job.yaml")])
     out = capsys.readouterr().out
     assert rc == 2 and f"workload.models.m.options.num_res_units: {shown} is not a finite number" in out
+
+
+def test_options_a_workloads_data_source_reads_are_valid_on_any_arch() -> None:
+    """The hyperspectral source reads its patch sampling from the model's options, whatever the arch."""
+    models = [{"name": "a", "arch": "attention_unet", "channels": [4, 8],
+               "options": {"patches_per_core": 4, "min_tissue": 0.5, "min_foregound": 0.1}}]
+    spec = job(workload__task="multiclass_segmentation",
+               workload__dataset={"root": "/x", "layout": "hyperspectral", "image_size": 32, "num_classes": 3},
+               workload__models=models)
+    problems = model_problems(spec, spec.workload.models[0])
+    assert [w for w, _ in problems] == ["workload.models.a.options.min_foregound"]
+    assert "did you mean 'min_foreground'?" in problems[0][1]

@@ -30,6 +30,7 @@ class Workload:
     layout: str  # the workload.dataset.layout value
     synth: str  # the `hpcseg synth KIND` name
     archs: dict[str, Arch] = field(default_factory=dict)  # the model.arch names this workload adds
+    source_options: tuple[str, ...] = ()  # model.options keys its data source reads (valid on any arch)
 
     @property
     def package(self) -> str:
@@ -42,14 +43,15 @@ class Workload:
 
 _CNN = Arch("models:build", halves=False)  # global pooling: any image size
 _SSMU_OPTIONS = ("sinc_filters", "embed_dim", "mamba_layers", "pooling", "sinc_kernel", "spectral_stride",
-                 "d_state", "patches_per_core", "min_tissue", "min_foreground")  # the last three: sampling
+                 "d_state")
 _VIT = Arch("models:build", ("patch_size", "hidden_size", "mlp_dim", "num_layers", "num_heads"), halves=False,
             patch=("patch_size", 16))
 
 WORKLOADS: dict[str, Workload] = {w.layout: w for w in (
     Workload("microbead", synth="microbeads"),
     Workload("marida", synth="marida", archs={"se_unet": Arch("models_se:build")}),
-    Workload("hyperspectral", synth="hyperspectral", archs={"ssmu_net": Arch("models_ssmu:build", _SSMU_OPTIONS)}),
+    Workload("hyperspectral", synth="hyperspectral", archs={"ssmu_net": Arch("models_ssmu:build", _SSMU_OPTIONS)},
+             source_options=("patches_per_core", "min_tissue", "min_foreground")),  # patch sampling
     Workload("ham10000", synth="ham10000", archs={"resnet50": _CNN, "densenet121": _CNN, "efficientnet_b3": _CNN,
                                                   "vit_b_16": _VIT}),
 )}
