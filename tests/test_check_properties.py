@@ -8,6 +8,7 @@ on disk: the split over a :class:`DatasetIndex` built in memory, the others over
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from pathlib import Path
@@ -214,3 +215,41 @@ def test_options_a_workloads_data_source_reads_are_valid_on_any_arch() -> None:
     problems = model_problems(spec, spec.workload.models[0])
     assert [w for w, _ in problems] == ["workload.models.a.options.min_foregound"]
     assert "did you mean 'min_foreground'?" in problems[0][1]
+
+
+# --------------------------------------------------------------------------------------------- submit
+
+
+@pytest.fixture(scope="module")
+def beads(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.datasets import write_microbead
+
+    return write_microbead(tmp_path_factory.mktemp("data") / "beads", n=5, size=32)
+
+
+_EXAMPLE = itertools.count()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(folds=st.integers(1, 8), val=st.floats(0.05, 0.99), seed=st.integers(-3, 3),
+       extra=st.lists(st.sampled_from(["--exclusive", "--arr=0-9", "--time=1", "--mem=1G", "a b", "--comment=x"]),
+                      max_size=2),
+       check=st.booleans())
+def test_a_submit_refused_with_exit_2_leaves_no_run_folder(beads: Path, tmp_path: Path, folds: int, val: float,
+                                                          seed: int, extra: list[str], check: bool) -> None:
+    """With or without preflight, whatever refuses the input (the checks, the split, the renderer's
+    directive rules): exit 2 means no run folder and no runs/ folder made for it; otherwise a run."""
+    from hpcseg.spec import LoadedJob
+    from hpcseg.submit import submit_job
+
+    spec = job(workload__dataset={"root": str(beads), "layout": "microbead", "image_size": 32},
+               workload__split={"method": "random", "folds": folds, "val_fraction": val}, workload__seed=seed,
+               resources__slurm={"extra": extra})
+    runs = tmp_path / f"runs-{next(_EXAMPLE)}"  # one per example: tmp_path is shared by all of them
+    try:
+        run = submit_job(LoadedJob(spec, tmp_path / "job.yaml"), "slurm", runs_dir=runs, dry_run=True, check=check)
+    except HpcsegError as exc:
+        assert exc.exit_code == 2, exc.message
+        assert not runs.exists(), sorted(str(p) for p in runs.rglob("*"))
+        return
+    assert run.manifest["state"] == "dry-run" and (run.dir / "splits.json").is_file()
