@@ -1,6 +1,6 @@
 """Does the microbead_optimized `quick` profile learn on a CPU? Best validation Jaccard and wall time per model.
 
-Synthesises the 73-image microbead set (hpcseg.synth, seed 0) unless --data is given, then runs
+Synthesises the 73-image microbead set (hpcseg.workloads.microbead.synth, seed 0) unless --data is given, then runs
 ``hpcseg train microbead_optimized --profile quick`` for the first model (``--all``: every model) on the
 CPU, each in its own process, and prints a table. Extra ``--set FIELD=VALUE`` overrides go to every run,
 which is how alternative profile values are measured without editing the job file. Target: >= 0.7.
@@ -42,7 +42,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     data = Path(args.data) if args.data else work / "microbeads"
     if not args.data and not (data / "images").is_dir():
-        from hpcseg.synth import make_microbeads
+        from hpcseg.workloads.microbead.synth import make_microbeads
 
         t0 = time.time()
         info = make_microbeads(data, n=73, size=256, seed=0)

@@ -78,7 +78,7 @@ def main() -> int:
     import torch
 
     from hpcseg.spec import find_job, load_job, with_absolute_paths
-    from hpcseg.synth import make_microbeads
+    from hpcseg.workloads.microbead.synth import make_microbeads
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="hpcseg_bench_tp_"))
     data = work / "microbeads"
@@ -105,7 +105,7 @@ def main() -> int:
         def variant(base=base, **training):
             return base.model_copy(update={"training": base.training.model_copy(update=training)})
 
-        from hpcseg.train.microbead import build
+        from hpcseg.workloads.microbead.train import build
 
         src = build(base, torch.device("cpu"))
         label = f"{dev} {size}px b{batch} {args.model}"

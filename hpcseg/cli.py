@@ -11,7 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from hpcseg.errors import EXIT_FAILED, HpcsegError
+from hpcseg.errors import EXIT_BAD_INPUT, EXIT_FAILED, HpcsegError
+from hpcseg.workloads import registry
 
 # verb -> (module, function). The function takes the parsed arguments and returns an exit code.
 VERBS: dict[str, tuple[str, str]] = {
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="preflight: dataset, container, weights and resources, all problems at once")
     _job_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--runs-dir", help="where submit will record runs (default: $HPCSEG_RUNS or ./runs)")
 
     p = sub.add_parser("submit", help="check, render, record and submit the models x folds as one array job")
     _job_args(p)
@@ -125,13 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-batch", type=int, default=8)
 
     p = sub.add_parser("synth", help="generate synthetic datasets for tests and demos")
-    p.add_argument("kind", choices=["microbeads", "hyperspectral", "marida", "ham10000"])
+    p.add_argument("kind", choices=registry.synth_kinds())
     p.add_argument("out")
-    p.add_argument("--n", type=int, help="images (cores for hyperspectral); default 73 for microbeads")
-    p.add_argument("--size", type=int, help="image side in pixels; default 256 for microbeads")
+    p.add_argument("--n", type=int, help="items (images, tiles or cores); default: the kind's own")
+    p.add_argument("--size", type=int, help="image side in pixels; default: the kind's own")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("demo", help="synthesise data, run both microbead jobs, follow them and compare")
+    p = sub.add_parser("demo", help="synthesise data, run the two demo jobs (baseline and tuned), follow them and compare")
     p.add_argument("--scheduler", choices=["auto", "slurm", "pbs", "local"], default="auto")
     p.add_argument("--workdir", default=".", help="where data/ and runs/ go")
     return parser
@@ -171,6 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_FAILED
+    except OSError as exc:  # a path the user gave: too long, not permitted, a loop, a full disk
+        where = exc.filename or "a file"
+        print(f"hpcseg {args.verb}: {where}: {exc.strerror or exc}".replace("\n", "\\n"), file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

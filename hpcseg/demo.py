@@ -25,7 +25,7 @@ def _say(text: str) -> None:
 
 def ensure_dataset(root: Path) -> None:
     """Reuse a complete synthetic set from an earlier demo; otherwise make one (73 images as in the seed)."""
-    from hpcseg.synth import make_microbeads
+    from hpcseg.workloads.microbead.synth import make_microbeads
 
     if (root / "images").is_dir() and len(list((root / "images").iterdir())) == 73:
         print(f"reusing {root} (73 images)")

@@ -4,13 +4,19 @@ A job that dies after a 12-hour queue wait because mask 41 of 73 is missing, or 
 image was never built, costs a day. So preflight reads every file the job will read (in a thread pool:
 decoding dominates), checks the container, the weights and the resources, and never stops at the first
 problem. ``submit`` calls :func:`run_preflight` too, so this module stays torch-free and quick.
+
+The checks every job gets (container, weights, resources) live here; each workload's dataset checks live
+in its own ``checks.py`` (found through hpcseg.workloads.registry) and build on the public helpers below
+(:class:`Checks`, :class:`Read`, :func:`check_paired`, ...), which is why those have no leading underscore.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import difflib
+import errno
 import json
+import math
 import os
 import shutil
 from collections import Counter
@@ -23,8 +29,9 @@ from typing import Any, Literal
 import numpy as np
 
 from hpcseg.errors import EXIT_BAD_INPUT
-from hpcseg.images import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
+from hpcseg.images import ImageReadError, read_image
 from hpcseg.spec import JobSpec
+from hpcseg.workloads import registry
 
 Severity = Literal["error", "warning"]
 
@@ -32,17 +39,6 @@ MAX_NAMED = 10  # orphans and the like are named up to this many, then "and N mo
 MAX_VALUES_SHOWN = 8
 MIN_WALLTIME_SECONDS = 5 * 60
 MAX_SANE_CPUS = 256
-MARIDA_MAX_CODE = 15  # MARIDA v1: 0 unlabelled, 1 marine debris, ..., 15 mixed water
-MARIDA_DEBRIS = 1
-HAM_COLUMNS = ("lesion_id", "image_id", "dx")
-# What the loaders (hpcseg.layouts) pick up; anything else is skipped there, so it is flagged here.
-MASK_EXTENSIONS = (".png", ".tif", ".tiff")  # lossy .jpg masks are never binary
-MARIDA_SUFFIX = ".tif"
-HAM_SUFFIX = ".jpg"
-HAM_DEFAULT_METADATA = "HAM10000_metadata.csv"
-SYNTH_HINT = {
-    "microbead": "microbeads", "marida": "marida", "hyperspectral": "hyperspectral", "ham10000": "ham10000",
-}
 
 
 @dataclass
@@ -79,7 +75,7 @@ class PreflightResult:
         return not self.errors
 
 
-class _Checks:
+class Checks:
     """Collects problems and counts while the checks run; every check appends, none raises."""
 
     def __init__(self, spec: JobSpec, job_file: Path | None) -> None:
@@ -104,18 +100,18 @@ class _Checks:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _names(items: Iterable[Any], limit: int = MAX_NAMED) -> str:
+def listed(items: Iterable[Any], limit: int = MAX_NAMED) -> str:
     """'a, b, c' or 'a, ..., j and 5 more': long lists stay one readable line."""
     items = [str(i) for i in items]
     shown = ", ".join(items[:limit])
     return f"{shown} and {len(items) - limit} more" if len(items) > limit else shown
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _values(levels: np.ndarray) -> str:
+def show_values(levels: np.ndarray) -> str:
     """Distinct values for a message: '0, 3, 255' or, for colours, '(0, 0, 0), (255, 0, 0)'."""
     shown = [str(tuple(int(x) for x in v)) if np.ndim(v) else _num(v) for v in levels[:MAX_VALUES_SHOWN]]
     more = f" ... ({len(levels)} distinct)" if len(levels) > MAX_VALUES_SHOWN else ""
@@ -127,7 +123,7 @@ def _num(v: Any) -> str:
     return str(int(f)) if f.is_integer() else f"{f:g}"
 
 
-def _read_error(exc: ImageReadError, path: Path) -> str:
+def read_error(exc: ImageReadError, path: Path) -> str:
     """The reader's message without its leading path, since the problem's ``where`` already names it."""
     msg = exc.message
     prefix = f"{path}: "
@@ -147,12 +143,12 @@ def _levels(arr: np.ndarray) -> np.ndarray:
     return np.unique(arr)
 
 
-def _is_zero(level: Any) -> bool:
+def is_zero(level: Any) -> bool:
     return not np.any(level)
 
 
 @dataclass
-class _Read:
+class Read:
     """What preflight keeps of one decoded file: shape facts and distinct values, never the pixels."""
 
     path: Path
@@ -163,7 +159,7 @@ class _Read:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _read_all(paths: Sequence[Path], summarise: Callable[[Path], _Read]) -> list[_Read]:
+def read_all(paths: Sequence[Path], summarise: Callable[[Path], Read]) -> list[Read]:
     """``summarise`` every path in a thread pool; results come back in the order of ``paths``."""
     if not paths:
         return []
@@ -174,29 +170,29 @@ def _read_all(paths: Sequence[Path], summarise: Callable[[Path], _Read]) -> list
         return list(pool.map(summarise, paths))
 
 
-def _summarise_image(path: Path) -> _Read:
+def summarise_image(path: Path) -> Read:
     try:
         arr = read_image(path)
     except ImageReadError as exc:
-        return _Read(path, error=_read_error(exc, path))
-    return _Read(path, hw=(int(arr.shape[0]), int(arr.shape[1])), channels=_channels(arr))
+        return Read(path, error=read_error(exc, path))
+    return Read(path, hw=(int(arr.shape[0]), int(arr.shape[1])), channels=_channels(arr))
 
 
-def _summarise_mask(path: Path) -> _Read:
+def summarise_mask(path: Path) -> Read:
     try:
         arr = read_image(path)
     except ImageReadError as exc:
-        return _Read(path, error=_read_error(exc, path))
-    return _Read(path, hw=(int(arr.shape[0]), int(arr.shape[1])), channels=_channels(arr), levels=_levels(arr))
+        return Read(path, error=read_error(exc, path))
+    return Read(path, hw=(int(arr.shape[0]), int(arr.shape[1])), channels=_channels(arr), levels=_levels(arr))
 
 
-def _report_read_errors(c: _Checks, reads: Iterable[_Read]) -> None:
+def report_read_errors(c: Checks, reads: Iterable[Read]) -> None:
     for r in reads:
         if r.error:
             c.error("dataset", r.path, r.error)
 
 
-def _by_stem(c: _Checks, files: Sequence[Path], folder: Path) -> dict[str, Path]:
+def _by_stem(c: Checks, files: Sequence[Path], folder: Path) -> dict[str, Path]:
     """stem → file; two files of one stem (a.png and a.tif) are ambiguous, so they are a problem."""
     out: dict[str, Path] = {}
     groups: dict[str, list[Path]] = {}
@@ -206,30 +202,30 @@ def _by_stem(c: _Checks, files: Sequence[Path], folder: Path) -> dict[str, Path]
         out[stem] = group[0]
         if len(group) > 1:
             c.error("dataset", folder, f"{len(group)} files share the name {stem!r} "
-                                       f"({_names(g.name for g in group)}); keep one")
+                                       f"({listed(g.name for g in group)}); keep one")
     return out
 
 
-def _check_pairs(c: _Checks, left: dict[str, Path], right: dict[str, Path], left_dir: Path, right_dir: Path,
+def check_pairs(c: Checks, left: dict[str, Path], right: dict[str, Path], left_dir: Path, right_dir: Path,
                  left_kind: str, right_kind: str, right_pattern: str) -> list[str]:
     """Report both kinds of orphans (named); return the stems present on both sides, sorted."""
     lonely_left = sorted(set(left) - set(right))
     lonely_right = sorted(set(right) - set(left))
     if lonely_left:
         c.error("dataset", right_dir,
-                f"no {right_kind} for {_plural(len(lonely_left), left_kind)} in {left_dir.name}/: "
-                f"{_names(left[s].name for s in lonely_left)}; add {right_pattern} with the same name, "
+                f"no {right_kind} for {plural(len(lonely_left), left_kind)} in {left_dir.name}/: "
+                f"{listed(left[s].name for s in lonely_left)}; add {right_pattern} with the same name, "
                 f"or remove the {left_kind}")
     if lonely_right:
         c.error("dataset", left_dir,
-                f"no {left_kind} for {_plural(len(lonely_right), right_kind)} in {right_dir.name}/: "
-                f"{_names(right[s].name for s in lonely_right)}; add the {left_kind} or remove the "
+                f"no {left_kind} for {plural(len(lonely_right), right_kind)} in {right_dir.name}/: "
+                f"{listed(right[s].name for s in lonely_right)}; add the {left_kind} or remove the "
                 f"{right_kind}")
     return sorted(set(left) & set(right))
 
 
 @dataclass
-class _Side:
+class Side:
     """One folder of a paired layout (images/masks, cores/labels) and how its files are summarised."""
 
     folder: Path | None
@@ -237,80 +233,80 @@ class _Side:
     what: str  # plural, for messages: "images", "label maps"
     kind: str  # singular, for orphan messages: "image", "label map"
     exts: Sequence[str]
-    summarise: Callable[[Path], _Read]
+    summarise: Callable[[Path], Read]
 
 
 @dataclass
-class _Paired:
+class Paired:
     pairs: list[str]
     by_left: dict[str, Path]
     by_right: dict[str, Path]
-    left_reads: list[_Read]
-    right_reads: list[_Read]
+    left_reads: list[Read]
+    right_reads: list[Read]
 
 
-def _check_paired(c: _Checks, left: _Side, right: _Side, right_pattern: str, count_as: str) -> _Paired:
+def check_paired(c: Checks, left: Side, right: Side, right_pattern: str, count_as: str) -> Paired:
     """What every two-folder layout needs: stray and missing files, the expected count, orphans on both
     sides, and every file decoded (in a thread pool) with its read errors reported."""
     for side in (left, right):
         if side.folder is None:
             continue
-        _ignored_files(c, side.folder, side.files, side.what, side.exts)
+        ignored_files(c, side.folder, side.files, side.what, side.exts)
         if not side.files:
             c.error("dataset", side.folder, f"no {side.what} here ({', '.join(side.exts)})")
     if left.folder is not None and left.files:
-        _check_expected_count(c, len(left.files), count_as, left.folder)
+        check_expected_count(c, len(left.files), count_as, left.folder)
     c.count("images", len(left.files))
     c.count("masks", len(right.files))
     by_left = _by_stem(c, left.files, left.folder) if left.folder else {}
     by_right = _by_stem(c, right.files, right.folder) if right.folder else {}
     pairs: list[str] = []
     if left.folder and right.folder:
-        pairs = _check_pairs(c, by_left, by_right, left.folder, right.folder, left.kind, right.kind,
+        pairs = check_pairs(c, by_left, by_right, left.folder, right.folder, left.kind, right.kind,
                              right_pattern)
     c.count("pairs", len(pairs))
-    left_reads = _read_all(left.files, left.summarise)
-    right_reads = _read_all(right.files, right.summarise)
+    left_reads = read_all(left.files, left.summarise)
+    right_reads = read_all(right.files, right.summarise)
     c.count("files_read", len(left_reads) + len(right_reads))
-    _report_read_errors(c, left_reads)
-    _report_read_errors(c, right_reads)
-    return _Paired(pairs, by_left, by_right, left_reads, right_reads)
+    report_read_errors(c, left_reads)
+    report_read_errors(c, right_reads)
+    return Paired(pairs, by_left, by_right, left_reads, right_reads)
 
 
-def _check_expected_count(c: _Checks, found: int, what: str, where: Path) -> None:
+def check_expected_count(c: Checks, found: int, what: str, where: Path) -> None:
     expected = c.spec.workload.dataset.expected_count
     if expected is not None and found != expected:
         c.error("dataset", where,
-                f"holds {_plural(found, what)} but workload.dataset.expected_count is {expected}; "
+                f"holds {plural(found, what)} but workload.dataset.expected_count is {expected}; "
                 f"copy the missing files, or set --set workload.dataset.expected_count={found} "
                 f"if {found} is right")
 
 
-def _check_channels(c: _Checks, reads: Sequence[_Read], what: str) -> None:
+def check_channels(c: Checks, reads: Sequence[Read], what: str) -> None:
     """One problem per wrong channel count (not per file): 2-channel images are usually all or none."""
     expected = c.spec.workload.dataset.channels
-    wrong: dict[int, list[_Read]] = {}
+    wrong: dict[int, list[Read]] = {}
     for r in reads:
         if r.error is None and r.channels != expected and {r.channels, expected} != {1, 3}:
             wrong.setdefault(r.channels, []).append(r)
     for got, group in sorted(wrong.items()):
         c.error("dataset", group[0].path.parent,
-                f"{_plural(len(group), what)} with {got} channel(s) but workload.dataset.channels is "
-                f"{expected}: {_names(r.path.name for r in group)}; convert them or set "
+                f"{plural(len(group), what)} with {got} channel(s) but workload.dataset.channels is "
+                f"{expected}: {listed(r.path.name for r in group)}; convert them or set "
                 f"workload.dataset.channels")
 
 
-def _check_mixed_sizes(c: _Checks, reads: Sequence[_Read], folder: Path) -> None:
+def check_mixed_sizes(c: Checks, reads: Sequence[Read], folder: Path) -> None:
     """Mixed sizes train fine (everything is resized), but they often mean two exports were mixed up."""
     sizes = Counter(r.hw for r in reads if r.hw is not None)
     if len(sizes) > 1:
         h, w = c.spec.workload.dataset.image_size
-        shown = _names(f"{a}x{b}: {n}" for (a, b), n in sizes.most_common())
+        shown = listed(f"{a}x{b}: {n}" for (a, b), n in sizes.most_common())
         c.warn("dataset", folder, f"images come in {len(sizes)} sizes (HxW {shown}); they are resized "
                                   f"to workload.dataset.image_size {h}x{w}")
 
 
-def _train_fraction(spec: JobSpec) -> float:
+def train_fraction(spec: JobSpec) -> float:
     split = spec.workload.split
     return (split.folds - 1) / split.folds if split.folds > 1 else 1.0 - split.val_fraction
 
@@ -318,15 +314,35 @@ def _train_fraction(spec: JobSpec) -> float:
 # --------------------------------------------------------------------------------------------- dataset
 
 
-def _check_dataset(c: _Checks) -> None:
+def path_problem(path: Path) -> str | None:
+    """Why a path the user gave cannot even be looked at (a name longer than the file system allows, a
+    symlink loop, no permission), or None when it can (whether or not it exists). pathlib's exists()
+    raises on these instead of answering, which would end the check in a traceback."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except ValueError:  # an embedded NUL byte
+        return "the path holds a NUL character; fix it"
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return "a name in this path is longer than the file system allows; shorten it"
+        return f"cannot look at it ({exc.strerror or exc}); fix the path or its permissions"
+    return None
+
+
+def _check_dataset(c: Checks) -> None:
     ds = c.spec.workload.dataset
     root = Path(ds.root)
     c.count("dataset", str(root))
     c.count("layout", ds.layout)
+    if (why := path_problem(root)) is not None:
+        c.error("dataset", root, f"workload.dataset.root: {why}")
+        return
     if not root.exists():
         c.error("dataset", root, f"dataset folder not found (workload.dataset.root); copy the data there or "
                                  f"point --set workload.dataset.root=DIR at it (`hpcseg synth "
-                                 f"{SYNTH_HINT[ds.layout]} DIR` makes a small synthetic one)")
+                                 f"{registry.synth_kind(ds.layout)} DIR` makes a small synthetic one)")
         return
     if not root.is_dir():
         c.error("dataset", root, "workload.dataset.root is a file, not a folder; point it at the dataset folder")
@@ -334,10 +350,10 @@ def _check_dataset(c: _Checks) -> None:
     if ds.class_names is not None and len(ds.class_names) != ds.num_classes:
         c.error("dataset", c.field("workload.dataset.class_names"),
                 f"{len(ds.class_names)} class names but num_classes is {ds.num_classes}; make them agree")
-    LAYOUTS[ds.layout](c, root)
+    registry.part(ds.layout, "checks").check(c, root)
 
 
-def _subfolder(c: _Checks, root: Path, name: str, holds: str) -> Path | None:
+def subfolder(c: Checks, root: Path, name: str, holds: str) -> Path | None:
     folder = root / name
     if not folder.is_dir():
         c.error("dataset", folder, f"folder missing; the {c.spec.workload.dataset.layout} layout keeps "
@@ -346,55 +362,17 @@ def _subfolder(c: _Checks, root: Path, name: str, holds: str) -> Path | None:
     return folder
 
 
-def _ignored_files(c: _Checks, folder: Path, kept: Sequence[Path], what: str, exts: Sequence[str]) -> None:
+def ignored_files(c: Checks, folder: Path, kept: Sequence[Path], what: str, exts: Sequence[str]) -> None:
     """Files the loader will skip: a warning, because a '.TIFF' typo or a zip left there loses data."""
     kept_set = set(kept)
     ignored = sorted(p.name for p in folder.iterdir()
                      if p.is_file() and not p.name.startswith(".") and p not in kept_set)
     if ignored:
-        c.warn("dataset", folder, f"{_plural(len(ignored), 'file')} ignored, not {what} "
-                                  f"({', '.join(exts)}): {_names(ignored)}")
+        c.warn("dataset", folder, f"{plural(len(ignored), 'file')} ignored, not {what} "
+                                  f"({', '.join(exts)}): {listed(ignored)}")
 
 
-def _check_microbead(c: _Checks, root: Path) -> None:
-    images_dir = _subfolder(c, root, "images", "the images")
-    masks_dir = _subfolder(c, root, "masks", "the masks (same file names as the images)")
-    images = list_images(images_dir) if images_dir else []
-    masks = [p for p in list_images(masks_dir) if p.suffix.lower() in MASK_EXTENSIONS] if masks_dir else []
-    paired = _check_paired(c, _Side(images_dir, images, "images", "image", IMAGE_EXTENSIONS, _summarise_image),
-                           _Side(masks_dir, masks, "masks", "mask", MASK_EXTENSIONS, _summarise_mask),
-                           "masks/<name>.png or .tif", "image")
-    pairs, by_image, by_mask = paired.pairs, paired.by_left, paired.by_right
-    image_reads, mask_reads = paired.left_reads, paired.right_reads
-    for r in mask_reads:
-        _check_binary(c, r)
-    img_of = {r.path: r for r in image_reads}
-    mask_of = {r.path: r for r in mask_reads}
-    for stem in pairs:
-        _check_same_size(c, img_of[by_image[stem]], mask_of[by_mask[stem]], "mask")
-    good = [r for r in image_reads if r.error is None]
-    _check_channels(c, good, "image")
-    if images_dir is not None:
-        _check_mixed_sizes(c, good, images_dir)
-    c.count("training_samples", int(len(pairs) * _train_fraction(c.spec)))
-
-
-def _check_binary(c: _Checks, r: _Read) -> None:
-    """Foreground is "above 0", so the background must be 0 and there must be at most one other level."""
-    if r.error is not None or r.levels is None:
-        return
-    levels = r.levels
-    if len(levels) > 2:
-        c.error("dataset", r.path, f"mask is not binary: values {_values(levels)}; expected two levels with "
-                                   f"background 0 (0/255 or 0/1); re-export it as a binary mask")
-    elif len(levels) == 2 and not _is_zero(levels[0]):
-        c.error("dataset", r.path, f"mask values {_values(levels)} have no 0 background, so every pixel "
-                                   f"would be foreground; re-export it with background 0")
-    elif len(levels) == 1 and not _is_zero(levels[0]):
-        c.warn("dataset", r.path, f"mask is foreground everywhere (only value {_values(levels)})")
-
-
-def _check_same_size(c: _Checks, image: _Read, label: _Read, kind: str) -> None:
+def check_same_size(c: Checks, image: Read, label: Read, kind: str) -> None:
     if image.hw is None or label.hw is None or image.hw == label.hw:
         return
     c.error("dataset", label.path, f"{kind} is {label.hw[0]}x{label.hw[1]} (HxW) but its image "
@@ -402,36 +380,21 @@ def _check_same_size(c: _Checks, image: _Read, label: _Read, kind: str) -> None:
                                    f"for pixel")
 
 
-# --- marida
+# --- shared by the workloads' label checks
 
 
-def _marida_summariser(bands: int) -> Callable[[Path], _Read]:
-    def summarise(path: Path) -> _Read:
-        try:
-            arr = read_image(path)
-        except ImageReadError as exc:
-            return _Read(path, error=_read_error(exc, path))
-        if arr.ndim == 3 and arr.shape[-1] == bands:
-            return _Read(path, hw=(int(arr.shape[0]), int(arr.shape[1])), channels=bands)
-        if arr.ndim == 3 and arr.shape[0] == bands:
-            return _Read(path, hw=(int(arr.shape[1]), int(arr.shape[2])), channels=bands)
-        return _Read(path, error=f"tile has shape {tuple(arr.shape)}: expected {bands} bands "
-                                 f"(workload.dataset.channels) as (H, W, {bands}) or ({bands}, H, W)")
-    return summarise
-
-
-def _summarise_labels(path: Path) -> _Read:
+def summarise_labels(path: Path) -> Read:
     try:
         arr = read_image(path)
     except ImageReadError as exc:
-        return _Read(path, error=_read_error(exc, path))
+        return Read(path, error=read_error(exc, path))
     if arr.ndim != 2:
-        return _Read(path, error=f"label map has shape {tuple(arr.shape)}; expected one band (H, W) of codes")
+        return Read(path, error=f"label map has shape {tuple(arr.shape)}; expected one band (H, W) of codes")
     extra = {"integral": bool(np.issubdtype(arr.dtype, np.integer) or np.all(np.mod(arr, 1) == 0))}
-    return _Read(path, hw=(int(arr.shape[0]), int(arr.shape[1])), channels=1, levels=np.unique(arr), extra=extra)
+    return Read(path, hw=(int(arr.shape[0]), int(arr.shape[1])), channels=1, levels=np.unique(arr), extra=extra)
 
 
-def _check_codes(c: _Checks, r: _Read, low: int, high: int, meaning: str) -> None:
+def check_codes(c: Checks, r: Read, low: int, high: int, meaning: str) -> None:
     """Label values outside [low, high] index past the classes and crash (or silently skew) the loss."""
     if r.error is not None or r.levels is None:
         return
@@ -440,253 +403,49 @@ def _check_codes(c: _Checks, r: _Read, low: int, high: int, meaning: str) -> Non
         return
     bad = r.levels[(r.levels < low) | (r.levels > high)]
     if len(bad):
-        c.error("dataset", r.path, f"label values {_values(bad)} are outside {low}..{high} ({meaning})")
+        c.error("dataset", r.path, f"label values {show_values(bad)} are outside {low}..{high} ({meaning})")
 
 
-def _check_marida(c: _Checks, root: Path) -> None:
-    patches = _subfolder(c, root, "patches", "the <id>.tif tiles and <id>_cl.tif labels")
-    if patches is None:
+# --------------------------------------------------------------------------------------------- split
+
+
+def _check_split(c: Checks) -> None:
+    """Make the split exactly as submit will (same code, same seed), so what submit or the node would
+    refuse (more folds than items, a fold with an empty side, a seed out of range) is found now. Only
+    when the dataset itself passed: its problems are reported above and would only repeat here."""
+    from hpcseg.errors import HpcsegError
+    from hpcseg.layouts import index_dataset
+    from hpcseg.splits import SEED_MAX, make_splits
+
+    seed = c.spec.workload.seed
+    if not 0 <= seed <= SEED_MAX:
+        c.error("split", c.field("workload.seed"), f"{seed} is out of range; use a whole number from 0 to {SEED_MAX}")
         return
-    found = sorted(p for p in patches.rglob("*") if p.is_file() and not p.name.startswith("."))
-    tifs = [p for p in found if p.suffix == MARIDA_SUFFIX]
-    odd = [p for p in found if p.suffix.lower() in (".tif", ".tiff") and p.suffix != MARIDA_SUFFIX]
-    if odd:
-        c.warn("dataset", patches, f"{_plural(len(odd), 'file')} ignored, only *{MARIDA_SUFFIX} is read: "
-                                   f"{_names(p.name for p in odd)}; rename them")
-    labels = {_key(p, "_cl"): p for p in tifs if p.stem.endswith("_cl")}
-    tiles = {_key(p, ""): p for p in tifs if not p.stem.endswith(("_cl", "_conf"))}
-    c.count("images", len(tiles))
-    c.count("masks", len(labels))
-    if not tiles and not labels:
-        c.error("dataset", patches, "no .tif tiles here or below; expected <id>.tif with <id>_cl.tif beside it")
+    if c.result.errors:
         return
-    _check_expected_count(c, len(tiles), "tile", patches)
-    stems = Counter(p.stem for p in tiles.values())
-    repeated = sorted(s for s, n in stems.items() if n > 1)
-    if repeated:
-        c.error("dataset", patches, f"tile names repeat across scene folders: {_names(repeated)}; items are "
-                                    f"named by file name, so names must be unique")
-    pairs = _check_pairs(c, tiles, labels, patches, patches, "tile", "label", "<id>_cl.tif")
-    c.count("pairs", len(pairs))
-    tile_reads = _read_all(sorted(tiles.values()), _marida_summariser(c.spec.workload.dataset.channels))
-    label_reads = _read_all(sorted(labels.values()), _summarise_labels)
-    c.count("files_read", len(tile_reads) + len(label_reads))
-    _report_read_errors(c, tile_reads)
-    _report_read_errors(c, label_reads)
-    binary = c.spec.workload.task == "binary_segmentation"
-    high = MARIDA_MAX_CODE if binary else c.spec.workload.dataset.num_classes - 1
-    meaning = "MARIDA class codes" if binary else "workload.dataset.num_classes"
-    for r in label_reads:
-        _check_codes(c, r, 0, high, meaning)
-    tile_of = {r.path: r for r in tile_reads}
-    label_of = {r.path: r for r in label_reads}
-    for key in pairs:
-        _check_same_size(c, tile_of[tiles[key]], label_of[labels[key]], "label")
-    if binary and label_reads and not any(
-            r.levels is not None and MARIDA_DEBRIS in r.levels for r in label_reads):
-        c.warn("dataset", patches, "no label holds code 1 (marine debris): the positive class never appears")
-    c.count("training_samples", int(len(pairs) * _train_fraction(c.spec)))
-
-
-def _key(path: Path, suffix: str) -> str:
-    """A tile's identity: its path below patches/ without the suffix, so scenes may reuse names."""
-    stem = path.stem[: len(path.stem) - len(suffix)] if suffix else path.stem
-    return str(path.with_name(stem))
-
-
-# --- hyperspectral
-
-
-def _summarise_cube(path: Path) -> _Read:
-    """Shape and dtype from the .npy header only (memory-mapped): cubes run to gigabytes each."""
     try:
-        if path.stat().st_size == 0:
-            return _Read(path, error="empty file (0 bytes); re-copy it from the source")
-        cube = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # a truncated or pickled file; both mean "not a usable cube"
-        return _Read(path, error=f"cannot read the cube ({exc.__class__.__name__}: {exc}); re-export it")
-    if cube.ndim != 3:
-        return _Read(path, error=f"cube has shape {tuple(cube.shape)}; expected (H, W, bands)")
-    extra = {"numeric": bool(np.issubdtype(cube.dtype, np.number))}
-    return _Read(path, hw=(int(cube.shape[0]), int(cube.shape[1])), channels=int(cube.shape[2]), extra=extra)
-
-
-def _summarise_label_map(path: Path) -> _Read:
-    r = _summarise_labels(path)
-    if r.error is None:
-        levels = r.levels if r.levels is not None else np.array([])
-        r.extra["has_tissue"] = bool(np.any(levels >= 0))
-        r.extra["has_foreground"] = bool(np.any(levels >= 1))
-    return r
-
-
-def _check_hyperspectral(c: _Checks, root: Path) -> None:
-    ds = c.spec.workload.dataset
-    cores_dir = _subfolder(c, root, "cores", "one (H, W, bands) .npy cube per core")
-    labels_dir = _subfolder(c, root, "labels", "one (H, W) .npy label map per core (same name as the cube)")
-    paired = _check_paired(c, _Side(cores_dir, _npy_files(cores_dir), "cubes", "core", [".npy"], _summarise_cube),
-                           _Side(labels_dir, _npy_files(labels_dir), "label maps", "label map", [".npy"],
-                                 _summarise_label_map),
-                           "labels/<core>.npy", "core")
-    pairs, by_core, by_label = paired.pairs, paired.by_left, paired.by_right
-    cube_reads, label_reads = paired.left_reads, paired.right_reads
-    wrong = [r for r in cube_reads if r.error is None and r.channels != ds.channels]
-    for got in sorted({r.channels for r in wrong}):
-        group = [r for r in wrong if r.channels == got]
-        c.error("dataset", cores_dir, f"{_plural(len(group), 'cube')} with {got} bands but "
-                                      f"workload.dataset.channels is {ds.channels}: "
-                                      f"{_names(r.path.name for r in group)}; set workload.dataset.channels")
-    for r in cube_reads:
-        if r.error is None and not r.extra.get("numeric", True):
-            c.error("dataset", r.path, "cube is not numeric; save it as float32")
-    for r in label_reads:
-        _check_codes(c, r, -1, ds.num_classes - 1, "-1 no tissue, 0 background, 1.. tissue classes")
-    cube_of = {r.path: r for r in cube_reads}
-    label_of = {r.path: r for r in label_reads}
-    for stem in pairs:
-        _check_core(c, cube_of[by_core[stem]], label_of[by_label[stem]])
-    per_core = _patches_per_core(c.spec)
-    c.count("training_samples", int(len(pairs) * _train_fraction(c.spec)) * per_core)
-
-
-def _npy_files(folder: Path | None) -> list[Path]:
-    if folder is None:
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".npy" and not p.name.startswith("."))
-
-
-def _check_core(c: _Checks, cube: _Read, label: _Read) -> None:
-    _check_same_size(c, cube, label, "label map")
-    size = c.spec.workload.dataset.image_size
-    if cube.hw is not None and (cube.hw[0] < size[0] or cube.hw[1] < size[1]):
-        c.warn("dataset", cube.path, f"core is {cube.hw[0]}x{cube.hw[1]}, smaller than the "
-                                     f"{size[0]}x{size[1]} patches (workload.dataset.image_size)")
-    if label.error is None and not label.extra.get("has_foreground", True):
-        c.warn("dataset", label.path, "no tissue-class pixel (>= 1) in this core: no patch passes "
-                                      "min_foreground, so the core is never sampled")
-
-
-def _patches_per_core(spec: JobSpec) -> int:
-    counts = [m.options.get("patches_per_core", 1) for m in spec.workload.models]
-    return max((int(n) for n in counts if isinstance(n, int | float)), default=1)
-
-
-# --- ham10000
-
-
-def _check_ham10000(c: _Checks, root: Path) -> None:
-    ds = c.spec.workload.dataset
-    meta_path = root / (ds.metadata or HAM_DEFAULT_METADATA)
-    rows = _read_metadata(c, meta_path)
-    candidates = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                        and not p.name.startswith("."))
-    files = [p for p in candidates if p.suffix == HAM_SUFFIX]
-    odd = [p for p in candidates if p.suffix != HAM_SUFFIX]
-    if odd:
-        c.warn("dataset", root, f"{_plural(len(odd), 'image')} ignored, only *{HAM_SUFFIX} is read: "
-                                f"{_names(p.relative_to(root) for p in odd)}; convert or rename them")
-    by_id: dict[str, list[Path]] = {}
-    for p in files:
-        by_id.setdefault(p.stem, []).append(p)
-    c.count("images", len(files))
-    if not files:
-        c.error("dataset", root, "no images found here or below (<image_id>.jpg in images/ or "
-                                 "HAM10000_images_part_1/2)")
-    if rows is None:
-        _decode_ham(c, files)
+        stratified = c.spec.workload.split.method == "stratified"  # labels are read only when they matter
+        splits = make_splits(c.spec, index_dataset(c.spec, strata=stratified))
+    except HpcsegError as exc:
+        c.error("split", c.field("workload.split"), exc.message.removeprefix("split: "))
         return
-    c.count("metadata_rows", len(rows))
-    _check_expected_count(c, len(rows), "metadata row", meta_path)
-    ids = [r["image_id"] for r in rows]
-    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
-    if repeated:
-        c.error("dataset", meta_path, f"image_id given more than once: {_names(repeated)}; keep one row each")
-    missing = sorted({i for i in ids if i not in by_id})
-    if missing and files:
-        c.error("dataset", root, f"no image file for {_plural(len(missing), 'image_id')} of {meta_path.name}: "
-                                 f"{_names(f'{i}.jpg' for i in missing)}; copy them in, or remove their rows")
-    unlisted = sorted(set(by_id) - set(ids))
-    if unlisted:
-        c.warn("dataset", root, f"{_plural(len(unlisted), 'image')} not in {meta_path.name}, ignored: "
-                                f"{_names(by_id[i][0].name for i in unlisted)}")
-    doubled = sorted(i for i in set(ids) if len(by_id.get(i, [])) > 1)
-    if doubled:
-        c.warn("dataset", root, f"{_plural(len(doubled), 'image_id')} found in more than one file, the first "
-                                f"is used: {_names(by_id[i][0].relative_to(root) for i in doubled)}")
-    _check_ham_classes(c, rows, meta_path)
-    used = [by_id[i][0] for i in sorted(set(ids)) if i in by_id]
-    _decode_ham(c, used)
-    c.count("training_samples", int(len(used) * _train_fraction(c.spec)))
-
-
-def _read_metadata(c: _Checks, path: Path) -> list[dict[str, str]] | None:
-    """The metadata rows, or None (with a problem) when the table is missing or lacks a column."""
-    if not path.is_file():
-        c.error("dataset", path, "metadata CSV not found (workload.dataset.metadata, inside the dataset root); "
-                                 "copy HAM10000_metadata.csv there")
-        return None
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in reader.fieldnames or []]
-            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        c.error("dataset", path, f"cannot read the metadata CSV ({exc.__class__.__name__}: {exc})")
-        return None
-    absent = [col for col in HAM_COLUMNS if col not in header]
-    if absent:
-        c.error("dataset", path, f"metadata CSV lacks column(s) {', '.join(absent)} (has: {_names(header)}); "
-                                 f"it needs {', '.join(HAM_COLUMNS)}")
-        return None
-    if not rows:
-        c.error("dataset", path, "metadata CSV has a header but no rows")
-    return rows
-
-
-def _check_ham_classes(c: _Checks, rows: list[dict[str, str]], meta_path: Path) -> None:
-    ds = c.spec.workload.dataset
-    found = Counter(r["dx"] for r in rows)
-    if ds.class_names is None:
-        if len(found) != ds.num_classes:
-            c.error("dataset", c.field("workload.dataset.num_classes"),
-                    f"{meta_path.name} has {len(found)} dx values ({_names(sorted(found))}) but num_classes is "
-                    f"{ds.num_classes}; set class_names to fix their order")
-        return
-    unknown = sorted(set(found) - set(ds.class_names))
-    if unknown:
-        shown = _names(f"{k} ({found[k]} rows)" for k in unknown)
-        c.error("dataset", meta_path, f"dx values not in workload.dataset.class_names: {shown}; add them or "
-                                      f"fix the rows")
-    absent = [k for k in ds.class_names if k not in found]
-    if absent and rows:
-        c.warn("dataset", meta_path, f"class(es) with no rows: {_names(absent)}")
-
-
-def _decode_ham(c: _Checks, files: Sequence[Path]) -> None:
-    reads = _read_all(files, _summarise_image)
-    c.count("files_read", len(reads))
-    _report_read_errors(c, reads)
-    _check_channels(c, [r for r in reads if r.error is None], "image")
-
-
-LAYOUTS: dict[str, Callable[[_Checks, Path], None]] = {
-    "microbead": _check_microbead,
-    "marida": _check_marida,
-    "hyperspectral": _check_hyperspectral,
-    "ham10000": _check_ham10000,
-}
+    # A stratified split that cannot be made falls back to random by design (splits.json records why);
+    # the checked line says so rather than warning on every small dataset.
+    c.count("split", f"{len(splits['folds'])} fold(s), {splits['method_used']}")
 
 
 # --------------------------------------------------------------------------------------------- container
 
 
-def _check_container(c: _Checks) -> None:
+def _check_container(c: Checks) -> None:
     ct = c.spec.container
     c.count("container", ct.runtime)
     if ct.runtime == "none":
         return
     image = Path(ct.image or "")
-    if not image.exists():
+    if (why := path_problem(image)) is not None:
+        c.error("container", image, f"container.image: {why}")
+    elif not image.exists():
         c.error("container", image, "container image not found; build it as docs/containers.md describes, "
                                     "or copy it there; without a container: --set container.runtime=none")
     elif image.is_file() and image.stat().st_size == 0:
@@ -699,7 +458,9 @@ def _check_container(c: _Checks) -> None:
                 f"{ct.runtime} not found on PATH{hint}; login nodes sometimes lack it while compute nodes "
                 f"have it; for CPU/local runs use --set container.runtime=none")
     for b in ct.binds:
-        if not Path(b.src).exists():
+        if (why := path_problem(Path(b.src))) is not None:
+            c.error("container", b.src, f"bind source: {why}")
+        elif not Path(b.src).exists():
             c.warn("container", b.src, "bind source does not exist here; the container will fail to start "
                                        "unless it exists on the compute nodes")
 
@@ -707,7 +468,7 @@ def _check_container(c: _Checks) -> None:
 # --------------------------------------------------------------------------------------------- weights
 
 
-def _check_weights(c: _Checks) -> None:
+def _check_weights(c: Checks) -> None:
     named = 0
     for m in c.spec.workload.models:
         if m.weights is None:
@@ -716,7 +477,9 @@ def _check_weights(c: _Checks) -> None:
         path = Path(m.weights)
         fix = (f"compute nodes have no internet: copy it to this path first, or train {m.name} from "
                f"scratch with --set workload.models.{m.name}.weights=null")
-        if not path.exists():
+        if (why := path_problem(path)) is not None:
+            c.error("weights", path, f"weights of model {m.name}: {why}")
+        elif not path.exists():
             c.error("weights", path, f"weights of model {m.name} not found; {fix}")
         elif not path.is_file():
             c.error("weights", path, f"weights of model {m.name} is a folder, not a file; {fix}")
@@ -728,7 +491,7 @@ def _check_weights(c: _Checks) -> None:
 # --------------------------------------------------------------------------------------------- resources
 
 
-def _check_resources(c: _Checks) -> None:
+def _check_resources(c: Checks) -> None:
     spec = c.spec
     res = spec.resources
     if res.gpus > 0 and spec.container.runtime != "none" and not spec.container.gpu:
@@ -749,29 +512,114 @@ def _check_resources(c: _Checks) -> None:
                f"each epoch is one partial batch")
 
 
+# --------------------------------------------------------------------------------------------- the job itself
+
+
+def _check_models(c: Checks) -> None:
+    """What the model builder would refuse on the node: unknown arch, unknown options, image sizes."""
+    from hpcseg.archs import model_problems
+
+    for m in c.spec.workload.models:
+        for where, message in model_problems(c.spec, m):
+            c.error("model", c.field(where), message)
+
+
+def _check_metric(c: Checks) -> None:
+    """``collection.metric`` picks the best epoch and compares runs; a name the history lacks would leave
+    collect with nothing to compare after the whole run."""
+    from hpcseg.columns import columns
+
+    col = c.spec.collection
+    have = columns(c.spec.workload.task)[1:-2]  # what the trainer accepts: the losses and the val_ metrics
+    if col.metric not in have:
+        close = difflib.get_close_matches(col.metric, have, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        c.error("collection", c.field("collection.metric"),
+                f"{col.metric!r} is not a history.csv column of a {c.spec.workload.task} task ({hint}columns: "
+                f"{', '.join(have)})")
+    elif col.metric.endswith("loss") and col.mode == "max":
+        c.warn("collection", c.field("collection.mode"), f"{col.metric} is a loss but mode is max; the worst "
+                                                         f"epoch would count as best (set mode: min)")
+
+
+def _check_finite(c: Checks) -> None:
+    """NaN or infinity anywhere in the job (YAML's .nan and .inf; model options included) trains nothing
+    useful, or diverges after the queue wait; every such number is named."""
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            c.error("job", c.field(path), f"{value} is not a finite number; give a real value")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(value, list | tuple):
+            names = [m.name for m in c.spec.workload.models] if path == "workload.models" else None
+            for i, v in enumerate(value):  # models by name, as --set names them
+                walk(v, f"{path}.{names[i] if names else i}")
+
+    walk(c.spec.model_dump(exclude={"profiles"}), "")
+
+
+def _check_paths(c: Checks, runs_dir: Path | None) -> None:
+    """Folder names made from the job (its name, model names, a new --runs-dir) must fit the file system
+    the run folder goes to; a too-long one fails at mkdir, after the scheduler may have been asked."""
+    from hpcseg.runs import runs_root
+
+    root = Path(runs_dir) if runs_dir is not None else runs_root()
+    existing = root
+    while not os.path.exists(existing) and existing != existing.parent:
+        existing = existing.parent
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):  # not a folder (reported by submit), or a file system without limits
+        return
+    # (where to fix it, the folder name): new folders of the runs path, the job's folder, model folders
+    parts = [(f"{root} (--runs-dir or HPCSEG_RUNS)", p) for p in root.relative_to(existing).parts]
+    parts.append((c.field("name"), c.spec.slug))
+    parts += [(c.field(f"workload.models.{m.name}"), m.name) for m in c.spec.workload.models]
+    for where, part in parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            shown = part if len(part) <= 40 else f"{part[:37]}..."
+            c.error("paths", where, f"the folder name {shown!r} is {size} bytes; the file system of {existing} "
+                                    f"allows {name_max}; shorten it")
+    longest = max((m.name for m in c.spec.workload.models), key=len)
+    deepest = root / c.spec.slug / "20000101-000000-abcd" / "tasks" / longest / "fold_99" / \
+        ".checkpoint_last.pt.xxxxxxxx.tmp"
+    if len(os.fsencode(str(deepest))) > path_max:
+        c.error("paths", str(root), f"run paths would be {len(os.fsencode(str(deepest)))} bytes long, more than "
+                                    f"the {path_max} the file system allows; use a shorter runs folder")
+
+
 # --------------------------------------------------------------------------------------------- entry points
 
 
-def preflight(spec: JobSpec, job_file: Path | None = None) -> PreflightResult:
-    """All checks, in a fixed order (dataset, container, weights, resources), with what was checked."""
-    c = _Checks(spec, job_file)
+def preflight(spec: JobSpec, job_file: Path | None = None, runs_dir: Path | None = None) -> PreflightResult:
+    """All checks, in a fixed order (dataset, split, container, weights, resources, job), with what was
+    checked. ``runs_dir``: where the run folder will go (default: $HPCSEG_RUNS or ./runs)."""
+    c = Checks(spec, job_file)
     _check_dataset(c)
+    _check_split(c)
     _check_container(c)
     _check_weights(c)
     _check_resources(c)
+    _check_models(c)
+    _check_metric(c)
+    _check_finite(c)
+    _check_paths(c, runs_dir)
     return c.result
 
 
-def run_preflight(spec: JobSpec, job_file: Path | None = None) -> list[Problem]:
+def run_preflight(spec: JobSpec, job_file: Path | None = None, runs_dir: Path | None = None) -> list[Problem]:
     """Every problem with the job's inputs; ``spec`` should have absolute paths (with_absolute_paths)."""
-    return preflight(spec, job_file).problems
+    return preflight(spec, job_file, runs_dir).problems
 
 
 def summary_line(result: PreflightResult) -> str:
     if not result.problems:
         return "all checks passed"
     n, e, w = len(result.problems), len(result.errors), len(result.warnings)
-    return f"{_plural(n, 'problem')}: {_plural(e, 'error')}, {_plural(w, 'warning')}"
+    return f"{plural(n, 'problem')}: {plural(e, 'error')}, {plural(w, 'warning')}"
 
 
 def _checked_line(checked: dict[str, Any]) -> str:
@@ -784,7 +632,8 @@ def cli_check(args: argparse.Namespace) -> int:
     from hpcseg.jobload import load_from_args
 
     loaded = load_from_args(args)
-    result = preflight(loaded.spec, loaded.path)
+    runs_dir = getattr(args, "runs_dir", None)
+    result = preflight(loaded.spec, loaded.path, Path(runs_dir).expanduser().resolve() if runs_dir else None)
     if getattr(args, "json", False):
         print(json.dumps({
             "job": loaded.spec.name, "job_file": str(loaded.path), "profile": loaded.profile,

@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from hpcseg.errors import SpecError
+from hpcseg.workloads.registry import DEFAULT_LAYOUT, LAYOUTS, WORKLOAD_ARCHS
 
 # --------------------------------------------------------------------------------------------- schema
 
@@ -119,13 +120,13 @@ class Strict(BaseModel):
 
 class DatasetSpec(Strict):
     root: str = Field(description="Dataset folder; ~ and $VARS expand, relative paths are from the cwd.")
-    layout: Literal["microbead", "marida", "hyperspectral", "ham10000"] = "microbead"
+    layout: Literal[LAYOUTS] = DEFAULT_LAYOUT  # type: ignore[valid-type]  # hpcseg/workloads/registry.py
     expected_count: int | None = Field(None, ge=1, description="Images the folder must hold.")
     image_size: tuple[Annotated[Int, Field(ge=8, le=8192)], Annotated[Int, Field(ge=8, le=8192)]] = (256, 256)
     channels: Int = Field(1, ge=1, le=1024)
     num_classes: Int = Field(2, ge=2, le=1000)
     class_names: list[str] | None = None
-    metadata: str | None = Field(None, description="Label table inside root (HAM10000 metadata CSV).")
+    metadata: str | None = Field(None, description="Label table inside root (a metadata CSV).")
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -138,10 +139,8 @@ class DatasetSpec(Strict):
         return _whole_number(v)  # as the Int fields do: `expected_count: yes` is not one image
 
 
-Arch = Literal[
-    "unet", "attention_unet", "attention_res_unet", "se_unet", "ssmu_net",
-    "resnet50", "densenet121", "efficientnet_b3", "vit_b_16",
-]
+# The generic U-Nets (hpcseg/train/models.py) and what each workload adds (hpcseg/workloads/registry.py).
+Arch = Literal[("unet", "attention_unet", "attention_res_unet", *WORKLOAD_ARCHS)]
 
 
 class ModelSpec(Strict):
@@ -889,7 +888,7 @@ def resolve_path(value: str | None, base: Path | None = None) -> Path | None:
 def with_absolute_paths(spec: JobSpec, base: Path | None = None) -> JobSpec:
     """A copy whose file paths are absolute, so the compute node (another cwd, maybe another mount
     namespace inside the container) reads exactly what preflight checked."""
-    data = spec.model_dump(mode="json")
+    data = spec.model_dump()  # not mode="json": that turns a NaN in model options into null unseen
 
     def absolute(v: str | None) -> str | None:
         p = resolve_path(v, base)

@@ -25,6 +25,7 @@ from hpcseg.spec import JobSpec
 
 SPLITS = "splits.json"
 FORMAT = 1
+SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's random_state range; the trainer's streams use it too
 
 
 def _settings(spec: JobSpec) -> dict[str, Any]:
@@ -38,18 +39,11 @@ def make_splits(spec: JobSpec, index: DatasetIndex) -> dict[str, Any]:
 
     folds == 1: one hold-out of ``val_fraction``; folds > 1: k-fold. ``stratified`` balances
     ``index.strata`` when every stratum is big enough, and otherwise falls back to random with the
-    reason recorded; ``index.groups`` (e.g. HAM10000 lesions) never straddle train and validation.
+    reason recorded; ``index.groups`` (e.g. images of one lesion) never straddle train and validation.
     """
-    from sklearn.model_selection import (
-        GroupKFold,
-        GroupShuffleSplit,
-        KFold,
-        StratifiedGroupKFold,
-        StratifiedKFold,
-        train_test_split,
-    )
-
     split, seed = spec.workload.split, spec.workload.seed
+    if not 0 <= seed <= SEED_MAX:
+        raise HpcsegError(f"workload.seed {seed} is out of range; use a whole number from 0 to {SEED_MAX}")
     n, names = len(index), np.array(index.names)
     positions = np.arange(n)
     strata, groups = index.strata, index.groups
@@ -61,7 +55,56 @@ def make_splits(spec: JobSpec, index: DatasetIndex) -> dict[str, Any]:
     y = strata if method == "stratified" else None
     n_groups = len(set(groups.tolist())) if groups is not None else n
     if split.folds > n_groups:
-        raise HpcsegError(f"split: {split.folds} folds but only {n_groups} items/groups in the dataset")
+        what = "groups (e.g. lesions)" if groups is not None else "items"
+        raise HpcsegError(f"split: workload.split.folds is {split.folds} but the dataset has only {n_groups} "
+                          f"{what}; lower folds to at most {n_groups}, or add data")
+
+    try:
+        pairs = _pairs(split, seed, positions, y, groups)
+    except ValueError as exc:  # scikit-learn's refusal of a split it cannot make (too few items or groups)
+        raise HpcsegError(f"split: cannot make {_what(split)} of {n} item(s): {exc}; lower "
+                          f"workload.split.folds or val_fraction, or add data") from None
+    for k, (tr, va) in enumerate(pairs):
+        if len(tr) == 0 or len(va) == 0:
+            side = "training" if len(tr) == 0 else "validation"
+            raise HpcsegError(f"split: {_what(split)} of {n} item(s) leaves fold {k} without {side} items; "
+                              f"lower workload.split.folds or change val_fraction, or add data")
+
+    folds = []
+    for tr, va in pairs:
+        tr, va = np.sort(tr), np.sort(va)
+        fold: dict[str, Any] = {"train": names[tr].tolist(), "val": names[va].tolist()}
+        if strata is not None:
+            fold["strata"] = {"train": _counts(strata[tr]), "val": _counts(strata[va])}
+        folds.append(fold)
+    return {
+        "format": FORMAT,
+        "settings": _settings(spec),
+        "method_used": method,
+        "fallback_reason": reason,
+        "strata": index.strata_note or None,
+        "grouped": groups is not None,
+        "n_items": n,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "folds": folds,
+    }
+
+
+def _what(split: Any) -> str:
+    return f"{split.folds} folds" if split.folds > 1 else f"a hold-out of val_fraction {split.val_fraction}"
+
+
+def _pairs(split: Any, seed: int, positions: np.ndarray, y: np.ndarray | None,
+           groups: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, val) positions per fold from scikit-learn; its ValueError means the split is impossible."""
+    from sklearn.model_selection import (
+        GroupKFold,
+        GroupShuffleSplit,
+        KFold,
+        StratifiedGroupKFold,
+        StratifiedKFold,
+        train_test_split,
+    )
 
     pairs: list[tuple[np.ndarray, np.ndarray]]
     if split.folds == 1:
@@ -84,25 +127,7 @@ def make_splits(spec: JobSpec, index: DatasetIndex) -> dict[str, Any]:
             cv = (StratifiedKFold(split.folds, shuffle=True, random_state=seed) if y is not None
                   else KFold(split.folds, shuffle=True, random_state=seed))
             pairs = list(cv.split(positions, y))
-
-    folds = []
-    for tr, va in pairs:
-        tr, va = np.sort(tr), np.sort(va)
-        fold: dict[str, Any] = {"train": names[tr].tolist(), "val": names[va].tolist()}
-        if strata is not None:
-            fold["strata"] = {"train": _counts(strata[tr]), "val": _counts(strata[va])}
-        folds.append(fold)
-    return {
-        "format": FORMAT,
-        "settings": _settings(spec),
-        "method_used": method,
-        "fallback_reason": reason,
-        "strata": index.strata_note or None,
-        "grouped": groups is not None,
-        "n_items": n,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "folds": folds,
-    }
+    return pairs
 
 
 def _counts(values: np.ndarray) -> dict[str, int]:

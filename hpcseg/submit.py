@@ -4,7 +4,9 @@ The order matters: preflight before anything is created (a refused job leaves no
 run folder and its split before the script (the script names the folder, every task shares the split),
 the script on disk before the scheduler sees it (``job.slurm`` is what was submitted, byte for byte),
 and the manifest says what happened on every way out: ``submitted`` with the native ids, ``dry-run``,
-or ``submit-failed`` with the scheduler's own message.
+or ``submit-failed`` with the scheduler's own message. A refusal of the *input* (exit 2: a split that
+cannot be made, a directive the renderer refuses, also with ``--no-check``) happens before the scheduler
+is asked, so the half-made run folder is removed: a refused submit leaves no run folder, ever.
 
 ``hpcseg resubmit`` sends tasks of an existing run again (PBS cannot requeue one array element from inside
 the job, so tasks that checkpointed and exited 75 wait for it; a killed task can be sent again by hand):
@@ -15,6 +17,8 @@ the new attempt and the trainer resumes from the task's own checkpoint.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -38,10 +42,10 @@ def _backend_name(scheduler: str, via: str) -> str:
     return name
 
 
-def _preflight(loaded: LoadedJob) -> None:
+def _preflight(loaded: LoadedJob, runs_dir: Path | None) -> None:
     from hpcseg.preflight import run_preflight
 
-    problems = run_preflight(loaded.spec, loaded.path)
+    problems = run_preflight(loaded.spec, loaded.path, runs_dir)
     for p in problems:
         if p.severity != "error":
             print(f"hpcseg submit: {p}", file=sys.stderr)
@@ -64,11 +68,13 @@ def submit_job(loaded: LoadedJob, scheduler: str = "auto", via: str = "sbatch", 
     name = _backend_name(scheduler, via)
     backend = schedulers.get(name)
     if check:
-        _preflight(loaded)
+        _preflight(loaded, runs_dir)
     backend.check_spec(loaded.spec)  # directive values and extras: refused before a run folder exists
     missing = None if dry_run else backend.missing_command()
     if missing:
         raise SchedulerError(f"{missing}; nothing was created")
+    job_dir = (runs_dir or runs_root()) / loaded.spec.slug
+    made_from = _first_missing(job_dir)  # the folders create_run makes on the way, removed on a refusal
     run = create_run(loaded, name, runs_dir)
     try:
         from hpcseg.splits import ensure_splits
@@ -90,6 +96,11 @@ def submit_job(loaded: LoadedJob, scheduler: str = "auto", via: str = "sbatch", 
             return run
         sub = backend.submit(run.dir, script, then_collect=then_collect, max_parallel=max_parallel)
     except BaseException as exc:
+        if isinstance(exc, HpcsegError) and exc.exit_code == EXIT_BAD_INPUT:
+            _discard(run, job_dir, made_from)
+            if "nothing was created" not in exc.message:
+                exc.message = f"{exc.message}; nothing was created or submitted"
+            raise
         message = exc.message if isinstance(exc, HpcsegError) else f"{type(exc).__name__}: {exc}"
         run.update(state="submit-failed", error=message, failed=now_iso())
         if isinstance(exc, SchedulerError):
@@ -99,6 +110,31 @@ def submit_job(loaded: LoadedJob, scheduler: str = "auto", via: str = "sbatch", 
                collect_id=sub.collect_id, submitted=now_iso(), submitted_ts=time.time(), logs=sub.logs,
                **sub.extra)
     return run
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost folder of ``path`` that does not exist yet (None when ``path`` exists)."""
+    missing = None
+    while not os.path.isdir(path) and path != path.parent:
+        missing, path = path, path.parent
+    return missing
+
+
+def _discard(run: Run, job_dir: Path, made_from: Path | None) -> None:
+    """Remove a run folder whose input was refused before any scheduler saw it, and the empty folders
+    this submit made above it (runs/, runs/<job>/): a record of a job that never existed only misleads."""
+    shutil.rmtree(run.dir, ignore_errors=True)
+    if made_from is None:
+        return
+    folder = job_dir
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:  # another run appeared meanwhile: it is not ours to remove
+            return
+        if folder == made_from:
+            return
+        folder = folder.parent
 
 
 def cli_submit(args: argparse.Namespace) -> int:

@@ -87,7 +87,7 @@ def _slurm_marker_needs_cluster(request):
 @pytest.fixture(scope="session")
 def microbeads(tmp_path_factory):
     """Twelve 32-px synthetic microbead pairs shared by the scheduler and fault tests (read-only)."""
-    from hpcseg.synth import make_microbeads
+    from hpcseg.workloads.microbead.synth import make_microbeads
 
     root = tmp_path_factory.mktemp("microbeads") / "data"
     make_microbeads(root, n=12, size=32)

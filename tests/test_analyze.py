@@ -12,7 +12,7 @@ from PIL import Image
 from hpcseg.analyze import analyze_dataset, format_value, normalise, recommend, reference_objects, round_sig
 from hpcseg.cli import main
 from hpcseg.errors import HpcsegError
-from hpcseg.synth import make_microbeads
+from hpcseg.workloads.microbead.synth import make_microbeads
 
 SIZE = 48
 

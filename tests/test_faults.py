@@ -54,7 +54,7 @@ MODEL = "    - {{name: {name}, arch: unet, channels: [4, 8], dropout: 0.1}}"
 
 @pytest.fixture(scope="module")
 def beads(tmp_path_factory) -> Path:
-    from hpcseg.synth import make_microbeads
+    from hpcseg.workloads.microbead.synth import make_microbeads
 
     root = tmp_path_factory.mktemp("fault-beads") / "data"
     make_microbeads(root, n=N_IMAGES, size=32)

@@ -57,6 +57,8 @@ def job_doc(root: Path, layout: str = "microbead", **dataset: Any) -> dict[str, 
         "training": {"epochs": 1, "batch_size": 1, "lr": 1e-3},
         "resources": {"gpus": 0, "cpus": 1, "memory": "1G", "walltime": "00:30:00"},
         "container": {"runtime": "none"},
+        "collection": {"metric": {"classification": "val_accuracy", "multiclass_segmentation": "val_miou"}.get(
+            task, "val_jaccard")},
     }
 
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from hpcseg.errors import HpcsegError
-from hpcseg.layouts import DatasetIndex, density_bins, index_dataset
+from hpcseg.layouts import DatasetIndex, index_dataset
 from hpcseg.spec import JobSpec
 from hpcseg.splits import ensure_splits, fold_indices, make_splits
+from hpcseg.workloads.microbead.layout import density_bins
 from tests.datasets import write_ham10000, write_hyperspectral, write_marida, write_microbead
 
 

@@ -13,14 +13,10 @@ from hpcseg.cli import main
 from hpcseg.errors import HpcsegError
 from hpcseg.images import list_images, read_image
 from hpcseg.objects import count_objects, object_areas
-from hpcseg.synth import (
-    HAM10000_COLUMNS,
-    bead_counts,
-    make_ham10000,
-    make_hyperspectral,
-    make_marida,
-    make_microbeads,
-)
+from hpcseg.workloads.ham10000.synth import HAM10000_COLUMNS, make_ham10000
+from hpcseg.workloads.hyperspectral.synth import make_hyperspectral
+from hpcseg.workloads.marida.synth import make_marida
+from hpcseg.workloads.microbead.synth import bead_counts, make_microbeads
 
 
 def _files(root: Path) -> dict[str, bytes]:

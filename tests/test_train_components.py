@@ -35,7 +35,7 @@ def spec_for(root: Path | str = "/nonexistent", task: str = "binary_segmentation
 
 
 def test_microbead_reader_handles_16bit_tiff_8bit_png_and_rgb(tmp_path):
-    from hpcseg.train.microbead import build
+    from hpcseg.workloads.microbead.train import build
 
     write_microbead(tmp_path / "d", n=2, size=48, bit_depth=16, image_format="tif", mask_values=(0, 65535),
                     mask_format="tif")
@@ -55,7 +55,7 @@ def test_microbead_reader_handles_16bit_tiff_8bit_png_and_rgb(tmp_path):
 
 
 def test_microbead_reader_rejects_mismatched_sizes(tmp_path):
-    from hpcseg.train.microbead import build
+    from hpcseg.workloads.microbead.train import build
 
     write_microbead(tmp_path / "d", n=1, size=32)
     save_image(tmp_path / "d" / "masks" / "bead_000.png", np.zeros((20, 20), np.uint8))

@@ -106,7 +106,7 @@ _INTERRUPT_AT: set[tuple[int, int]] = set()
 
 def interrupting_build(spec, device):
     """The microbead source, sending this process SIGUSR1 just before chosen (epoch, batch) positions."""
-    from hpcseg.train.microbead import build
+    from hpcseg.workloads.microbead.train import build
 
     src = build(spec, device)
     batches = src.batches

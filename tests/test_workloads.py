@@ -1,6 +1,6 @@
 """The MARIDA, hyperspectral and HAM10000 plug-ins: readers, patch filters, models, Mamba, calibration.
 
-Everything runs on tiny data built here with known answers (or by hpcseg.synth); end-to-end training
+Everything runs on tiny data built here with known answers (or by the workloads' synth modules); end-to-end training
 through ``hpcseg train`` is marked slow.
 """
 
@@ -58,7 +58,7 @@ def _write_core(root: Path, name: str, cube: np.ndarray, label: np.ndarray) -> N
 
 
 def test_marida_debris_target_and_band_orientation(tmp_path):
-    from hpcseg.train.marida import build
+    from hpcseg.workloads.marida.train import build
 
     rng = np.random.default_rng(0)
     size, bands = 32, 11
@@ -84,7 +84,7 @@ def test_marida_debris_target_and_band_orientation(tmp_path):
 
 
 def test_marida_normalises_with_training_tiles_and_crops(tmp_path):
-    from hpcseg.train.marida import build
+    from hpcseg.workloads.marida.train import build
 
     base = tmp_path / "patches" / "scene"
     codes = np.full((40, 40), 7, np.uint8)
@@ -102,7 +102,7 @@ def test_marida_normalises_with_training_tiles_and_crops(tmp_path):
 
 def test_marida_rejects_tile_that_fits_no_orientation(tmp_path):
     from hpcseg.errors import HpcsegError
-    from hpcseg.train.marida import build
+    from hpcseg.workloads.marida.train import build
 
     _write_marida_tile(tmp_path / "patches" / "s", "bad", np.zeros((32, 32, 5)), np.ones((32, 32)))
     with pytest.raises(HpcsegError, match="fits neither"):
@@ -110,8 +110,8 @@ def test_marida_rejects_tile_that_fits_no_orientation(tmp_path):
 
 
 def test_marida_synth_runs_through_source(tmp_path):
-    from hpcseg.synth import make_marida
     from hpcseg.train.source import build
+    from hpcseg.workloads.marida.synth import make_marida
 
     make_marida(tmp_path, n=6, size=32, seed=1)
     src = build(quick("marida_attention_unet", tmp_path), CPU)
@@ -123,7 +123,7 @@ def test_marida_synth_runs_through_source(tmp_path):
 
 
 def test_patch_filter_matches_brute_force():
-    from hpcseg.train.hyperspectral import PatchRule, patch_passes, valid_positions
+    from hpcseg.workloads.hyperspectral.train import PatchRule, patch_passes, valid_positions
 
     rng = np.random.default_rng(3)
     label = rng.integers(-1, 3, size=(20, 17))
@@ -135,7 +135,7 @@ def test_patch_filter_matches_brute_force():
 
 
 def test_patch_filter_rejects_below_thresholds():
-    from hpcseg.train.hyperspectral import PatchRule, patch_passes, valid_positions
+    from hpcseg.workloads.hyperspectral.train import PatchRule, patch_passes, valid_positions
 
     label = -np.ones((8, 8), np.int64)
     label[:, :2] = 0                      # 25% tissue, all background
@@ -162,7 +162,7 @@ def _hyper_root(tmp_path: Path, bands: int = 16) -> Path:
 
 
 def test_hyperspectral_patches_filtered_deterministic_and_capped(tmp_path):
-    from hpcseg.train.hyperspectral import build
+    from hpcseg.workloads.hyperspectral.train import build
 
     spec = quick("ssmu_net_overnight", _hyper_root(tmp_path), "training.samples_per_epoch=100")
     src = build(spec, CPU)
@@ -185,7 +185,7 @@ def test_hyperspectral_patches_filtered_deterministic_and_capped(tmp_path):
 
 
 def test_hyperspectral_batches_and_training_only_normalisation(tmp_path):
-    from hpcseg.train.hyperspectral import build
+    from hpcseg.workloads.hyperspectral.train import build
 
     src = build(quick("ssmu_net_overnight", _hyper_root(tmp_path)), CPU)
     train = np.array([0, 1])
@@ -202,8 +202,8 @@ def test_hyperspectral_batches_and_training_only_normalisation(tmp_path):
 
 
 def test_hyperspectral_synth_source_via_registry(tmp_path):
-    from hpcseg.synth import make_hyperspectral
     from hpcseg.train.source import build
+    from hpcseg.workloads.hyperspectral.synth import make_hyperspectral
 
     make_hyperspectral(tmp_path, n_cores=3, size=48, bands=16, seed=2)
     src = build(quick("ssmu_net_overnight", tmp_path), CPU)
@@ -231,7 +231,7 @@ def _ham_root(root: Path) -> list[tuple[str, str]]:
 
 
 def test_ham10000_labels_uint8_and_batch_normalisation(tmp_path):
-    from hpcseg.train.ham10000 import IMAGENET_MEAN, IMAGENET_STD, build
+    from hpcseg.workloads.ham10000.train import IMAGENET_MEAN, IMAGENET_STD, build
 
     rows = _ham_root(tmp_path)
     spec = quick("ham10000_comparison", tmp_path)
@@ -251,7 +251,7 @@ def test_ham10000_labels_uint8_and_batch_normalisation(tmp_path):
 
 def test_ham10000_unknown_dx_is_an_error(tmp_path):
     from hpcseg.errors import HpcsegError
-    from hpcseg.train.ham10000 import build
+    from hpcseg.workloads.ham10000.train import build
 
     _ham_root(tmp_path)
     spec = quick("ham10000_comparison", tmp_path, "workload.dataset.class_names=[akiec,bcc,bkl,df,mel,nv,other]")
@@ -260,7 +260,7 @@ def test_ham10000_unknown_dx_is_an_error(tmp_path):
 
 
 def test_ham10000_extra_results_calibrates(tmp_path):
-    from hpcseg.train.ham10000 import build
+    from hpcseg.workloads.ham10000.train import build
 
     _ham_root(tmp_path)
     src = build(quick("ham10000_comparison", tmp_path), CPU)
@@ -313,7 +313,7 @@ def test_ssmu_net_forward_backward(tmp_path, pooling):
 
 
 def test_sinc_filters_are_band_pass():
-    from hpcseg.train.models_ssmu import SincBandpass1d
+    from hpcseg.workloads.hyperspectral.models_ssmu import SincBandpass1d
 
     bank = SincBandpass1d(filters=4, kernel_size=63)
     response = torch.fft.rfft(bank.kernels()[:, 0], n=512).abs()   # (4, 257) over 0..0.5 cycles/band
@@ -342,7 +342,7 @@ def test_classifiers_forward_backward(tmp_path, arch):
 
 
 def test_vit_default_is_vit_b16(tmp_path):
-    from hpcseg.train.models_classify import ViT
+    from hpcseg.workloads.ham10000.models import ViT
 
     net = ViT(3, (224, 224), 1000)
     assert sum(p.numel() for p in net.parameters()) == 86_567_656      # torchvision's vit_b_16, exactly
@@ -390,7 +390,7 @@ def _naive_mamba(m, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_reference_mamba_matches_naive_recurrence():
-    from hpcseg.train.models_ssmu import MambaRef
+    from hpcseg.workloads.hyperspectral.models_ssmu import MambaRef
 
     torch.manual_seed(0)
     m = MambaRef(d_model=4, d_state=3, d_conv=3, expand=2).double()
@@ -411,7 +411,7 @@ def test_reference_mamba_matches_naive_recurrence():
 
 
 def test_reference_mamba_has_mamba_ssm_parameter_layout():
-    from hpcseg.train.models_ssmu import MambaRef
+    from hpcseg.workloads.hyperspectral.models_ssmu import MambaRef
 
     m = MambaRef(d_model=32, d_state=16)
     shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
@@ -433,7 +433,7 @@ def _overconfident(n: int = 3000, k: int = 7, scale: float = 3.0, seed: int = 0)
 
 
 def test_calibration_recovers_temperature_and_reduces_ece():
-    from hpcseg.train.calibration import calibrate
+    from hpcseg.workloads.ham10000.calibration import calibrate
 
     logits, labels = _overconfident(scale=3.0)
     r = calibrate(logits, labels)
@@ -445,14 +445,14 @@ def test_calibration_recovers_temperature_and_reduces_ece():
 
 
 def test_calibration_leaves_calibrated_logits_alone():
-    from hpcseg.train.calibration import calibrate
+    from hpcseg.workloads.ham10000.calibration import calibrate
 
     logits, labels = _overconfident(scale=1.0, seed=1)
     assert calibrate(logits, labels)["temperature"] == pytest.approx(1.0, rel=0.1)
 
 
 def test_calibration_bounded_when_validation_is_separable():
-    from hpcseg.train.calibration import T_MIN, calibrate
+    from hpcseg.workloads.ham10000.calibration import T_MIN, calibrate
 
     labels = torch.arange(20) % 4
     logits = F.one_hot(labels, 4).double() * 2.0        # every prediction right: NLL falls as T -> 0
@@ -461,7 +461,7 @@ def test_calibration_bounded_when_validation_is_separable():
 
 
 def test_ece_by_hand():
-    from hpcseg.train.calibration import reliability
+    from hpcseg.workloads.ham10000.calibration import reliability
 
     probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
     labels = torch.tensor([0, 1, 0, 1])
@@ -491,18 +491,18 @@ HISTORY_COLUMNS = {
 
 @pytest.mark.skipif(not _runner_ready(), reason="hpcseg.train.runner not written yet")
 @pytest.mark.parametrize("job,model,maker", [
-    pytest.param("ssmu_net_overnight", "ssmu_net", "make_hyperspectral", marks=pytest.mark.slow),
-    ("marida_se_unet", "se_unet", "make_marida"),
-    ("marida_attention_unet", "attention_unet", "make_marida"),
-    pytest.param("ham10000_comparison", "densenet121", "make_ham10000", marks=pytest.mark.slow),
+    pytest.param("ssmu_net_overnight", "ssmu_net", "hyperspectral", marks=pytest.mark.slow),
+    ("marida_se_unet", "se_unet", "marida"),
+    ("marida_attention_unet", "attention_unet", "marida"),
+    pytest.param("ham10000_comparison", "densenet121", "ham10000", marks=pytest.mark.slow),
 ])
 def test_train_end_to_end(tmp_path, job, model, maker):
     """``hpcseg train JOB --profile quick --model M --out DIR --set workload.dataset.root=DATA``."""
-    import hpcseg.synth as synth
     from hpcseg.cli import main
+    from hpcseg.workloads import registry
 
     data = tmp_path / "data"
-    getattr(synth, maker)(data, seed=0)
+    getattr(registry.part(maker, "synth"), f"make_{maker}")(data, seed=0)
     out = tmp_path / "task"
     rc = main(["train", str(JOBS / f"{job}.yaml"), "--profile", "quick", "--model", model, "--out", str(out),
                "--set", f"workload.dataset.root={data}"])

@@ -19,16 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-METRICS: dict[str, tuple[str, ...]] = {
-    "binary_segmentation": ("jaccard", "dice", "precision", "recall"),
-    "multiclass_segmentation": ("miou", "mdice", "pixel_accuracy"),
-    "classification": ("accuracy", "balanced_accuracy", "macro_f1"),
-}
-
-
-def columns(task: str) -> list[str]:
-    """history.csv columns for a task, in order."""
-    return ["epoch", "train_loss", "val_loss", *(f"val_{m}" for m in METRICS[task]), "lr", "epoch_seconds"]
+from hpcseg.columns import METRICS, columns  # noqa: F401  (their torch-free home; re-exported here)
 
 
 def predictions(logits: Tensor, task: str) -> Tensor:

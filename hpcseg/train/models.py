@@ -7,7 +7,8 @@ Output convention, shared by every segmentation builder, loss and metric:
 * ``multiclass_segmentation``: K = dataset.num_classes logit channels, (B, K, H, W); softmax; argmax.
 * ``classification``: (B, K) logits; softmax; argmax.
 
-:data:`ARCHS` maps ``model.arch`` to a lazily imported ``"module:function"`` builder with the signature
+:data:`ARCHS` maps ``model.arch`` to a lazily imported ``"module:function"`` builder (the generic U-Nets
+here, and what each workload registers in hpcseg.workloads.registry; hpcseg/archs.py) with the signature
 ``build(spec: JobSpec, model: ModelSpec) -> torch.nn.Module``, so one workload's heavy dependencies are
 imported only by the tasks that use them. :func:`build_model` adds pretrained weights from
 ``model.weights`` (a local file: compute nodes have no internet, so nothing is ever downloaded).
@@ -22,23 +23,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from hpcseg.archs import CATALOGUE
 from hpcseg.errors import HpcsegError
 from hpcseg.spec import JobSpec, ModelSpec
 
 log = logging.getLogger("hpcseg.train")
 
-# arch -> "module:function". Keep these names stable: plug-in modules are written against them.
-ARCHS: dict[str, str] = {
-    "unet": "hpcseg.train.models:build_unet",
-    "attention_unet": "hpcseg.train.models:build_attention_unet",
-    "attention_res_unet": "hpcseg.train.models:build_attention_res_unet",
-    "se_unet": "hpcseg.train.models_se:build",
-    "ssmu_net": "hpcseg.train.models_ssmu:build",
-    "resnet50": "hpcseg.train.models_classify:build",
-    "densenet121": "hpcseg.train.models_classify:build",
-    "efficientnet_b3": "hpcseg.train.models_classify:build",
-    "vit_b_16": "hpcseg.train.models_classify:build",
-}
+# arch -> "module:function". Keep these names stable: plug-in modules are written against them. The
+# torch-free catalogue (hpcseg/archs.py: the U-Nets here plus each workload's) is the one list.
+ARCHS: dict[str, str] = {name: arch.target for name, arch in CATALOGUE.items()}
 
 
 def resolve(target: str, what: str) -> Callable:

@@ -5,9 +5,10 @@ ready batches. Batch order and augmentation are a pure function of ``(seed, epoc
 never of hidden iterator state, so an epoch interrupted after batch ``b`` is resumed exactly by asking
 for ``start_batch=b``: that is what makes a requeued task reproduce an uninterrupted one.
 
-:data:`SOURCES` maps ``dataset.layout`` to a lazily imported ``"module:function"`` with the signature
+:data:`SOURCES` maps ``dataset.layout`` to a lazily imported ``"module:function"`` (each workload's
+``train.py``, named by hpcseg.workloads.registry) with the signature
 ``build(spec: JobSpec, device: torch.device) -> Source``. Items (what the split indexes: images, or
-cores for hyperspectral) are listed by :meth:`Source.names` in the order of
+tissue cores) are listed by :meth:`Source.names` in the order of
 ``hpcseg.layouts.index_dataset(spec).names``.
 
 Batches: ``x`` float (B, C, H, W), normalised; ``y`` long (B, H, W) with -1 = ignore for segmentation,
@@ -26,13 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hpcseg.spec import AugmentationSpec, JobSpec
+from hpcseg.workloads import registry
 
-SOURCES: dict[str, str] = {
-    "microbead": "hpcseg.train.microbead:build",
-    "marida": "hpcseg.train.marida:build",
-    "hyperspectral": "hpcseg.train.hyperspectral:build",
-    "ham10000": "hpcseg.train.ham10000:build",
-}
+SOURCES: dict[str, str] = registry.sources()
 
 IGNORE = -1
 
@@ -109,7 +106,7 @@ class TensorSource(Source):
     """A source whose whole dataset is two tensors on the device: x (N, C, H, W) float, y (N, H, W) or (N,).
 
     Batches are index_select on the device and augmentation runs on the device, so a step costs no host
-    work and no transfers. Plug-ins with in-memory datasets (microbead, marida) subclass this.
+    work and no transfers. Workloads with in-memory datasets subclass this.
     """
 
     def __init__(self, spec: JobSpec, names: list[str], x: Tensor, y: Tensor, device: torch.device):

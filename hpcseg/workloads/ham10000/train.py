@@ -8,7 +8,7 @@ order, which also supplies the lesion groups the split keeps on one side.
 Memory: 10,015 images at 224² are 1.5 GB as uint8 but 6 GB as float32, so the images are kept as uint8
 (N, 3, H, W) on the training device and each batch is converted and normalised (ImageNet mean/std, what
 the pretrained backbones expect) on its own. At the end of training :meth:`Ham10000Source.extra_results`
-fits a temperature on the validation logits and reports ECE before/after (``hpcseg.train.calibration``).
+fits a temperature on the validation logits and reports ECE before/after (``hpcseg.workloads.ham10000.calibration``).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class Ham10000Source(Source):
 
     def extra_results(self, model: torch.nn.Module, indices: np.ndarray, batch_size: int) -> dict:
         """Temperature scaling fitted on the validation logits: {"calibration": {...}} for result.json."""
-        from hpcseg.train.calibration import calibrate
+        from hpcseg.workloads.ham10000.calibration import calibrate
 
         if len(indices) == 0:
             return {}

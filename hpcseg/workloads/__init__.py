@@ -1,0 +1,1 @@
+"""Workloads, one package each, found by name through :mod:`hpcseg.workloads.registry`."""

@@ -1,0 +1,1 @@
+"""The ham10000 workload: layout, checks, synth (torch-free) and train (imported only by training)."""

@@ -1,0 +1,1 @@
+"""The hyperspectral workload: layout, checks, synth (torch-free) and train (imported only by training)."""

@@ -1,0 +1,1 @@
+"""The marida workload: layout, checks, synth (torch-free) and train (imported only by training)."""

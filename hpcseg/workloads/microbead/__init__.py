@@ -1,0 +1,1 @@
+"""The microbead workload: layout, checks, synth (torch-free) and train (imported only by training)."""
