@@ -18,19 +18,18 @@ import argparse
 import re
 import shlex
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
 import jinja2
 
+from hpcseg.containers import _absolute, container_command
 from hpcseg.errors import HpcsegError
 from hpcseg.spec import JobSpec, shipped_dir
 
 Scheduler = Literal["slurm", "pbs"]
 TEMPLATE_NAMES: dict[str, str] = {"slurm": "slurm.sh.j2", "pbs": "pbs.sh.j2"}
-IN_CONTAINER_ENTRYPOINT: list[str] = ["hpcseg"]
 PBS_NAME_MAX = 15  # PBS Pro refuses longer job names
 
 # Characters allowed in each directive value. No whitespace, quotes, '$', '`', '\\', ';', '#' or
@@ -90,12 +89,6 @@ def _q(value: Any) -> str:
     return shlex.quote(text)
 
 
-def _absolute(path: str | Path) -> Path:
-    """Absolute without expanding ~ or $VARS again (loading did that once; twice would change names)."""
-    p = Path(path)
-    return p if p.is_absolute() else Path.cwd() / p
-
-
 def _mem_pbs(mb: int) -> str:
     return f"{mb // 1024}gb" if mb % 1024 == 0 else f"{mb}mb"
 
@@ -125,87 +118,6 @@ def pbs_job_name(slug: str) -> str:
     """PBS Pro job names: at most 15 characters, starting with a letter."""
     name = slug if slug[:1].isalpha() else f"j{slug}"
     return name[:PBS_NAME_MAX]
-
-
-# --------------------------------------------------------------------------------------------- container
-
-
-@dataclass(frozen=True)
-class _Bind:
-    src: str
-    dst: str
-    mode: str
-    field: str
-
-    def arg(self) -> str:
-        return f"{self.src}:{self.dst}" + (":ro" if self.mode == "ro" else "")
-
-
-def _bind(src: str | Path, dst: str | Path | None, mode: str, field: str) -> _Bind:
-    """One -B mount; singularity splits -B on ',' and ':', so paths holding them cannot be bound."""
-    s = str(_absolute(src))
-    d = s if dst is None else str(dst)
-    if not d.startswith("/"):
-        raise HpcsegError(f"{field}: the container path {d!r} must be absolute")
-    for path in (s, d):
-        if ":" in path or "," in path or "\0" in path:
-            raise HpcsegError(f"{field}: {path!r} holds ':' or ',', which singularity -B reads as "
-                              f"separators; rename the folder or bind a parent folder in container.binds")
-    return _Bind(s, d, mode, field)
-
-
-def container_binds(spec: JobSpec, run_dir: Path) -> list[str]:
-    """-B arguments: dataset (ro), run folder (rw), weights folders (ro), then the user's binds.
-
-    Each path is mounted at the same path inside, so the absolute paths in the manifest work on both
-    sides. A destination bound twice keeps one mount, read-write if any of them asked for it.
-    """
-    wanted = [_bind(spec.workload.dataset.root, None, "ro", "workload.dataset.root"),
-              _bind(run_dir, None, "rw", "--run-dir")]
-    for m in spec.workload.models:
-        if m.weights:
-            wanted.append(_bind(_absolute(m.weights).parent, None, "ro", f"workload.models.{m.name}.weights"))
-    for i, b in enumerate(spec.container.binds):
-        wanted.append(_bind(b.src, b.dst, b.mode, f"container.binds.{i}"))
-    by_dst: dict[str, _Bind] = {}
-    for b in wanted:
-        have = by_dst.get(b.dst)
-        if have is None:
-            by_dst[b.dst] = b
-        elif have.src != b.src:
-            raise HpcsegError(f"{b.field}: binds {b.src} at {b.dst}, where {have.field} already binds "
-                              f"{have.src}; choose another container path")
-        elif b.mode == "rw":
-            by_dst[b.dst] = _Bind(have.src, have.dst, "rw", have.field)
-    return [b.arg() for b in by_dst.values()]
-
-
-def default_entrypoint(spec: JobSpec) -> list[str]:
-    """Inside a container the image's own ``hpcseg``; without one, this very interpreter."""
-    if spec.container.runtime == "none":
-        return [sys.executable, "-m", "hpcseg"]
-    return list(IN_CONTAINER_ENTRYPOINT)
-
-
-def container_command(spec: JobSpec, run_dir: Path, entrypoint: list[str] | None = None) -> list[str]:
-    """The argv that trains one task, without the trailing ``--task K`` (the script adds it).
-
-    runtime singularity/apptainer: ``<runtime> exec [--nv] -B ... IMAGE hpcseg train --run RUN_DIR``;
-    runtime none: ``<entrypoint> train --run RUN_DIR``.
-    """
-    run_dir = _absolute(run_dir)
-    entry = list(entrypoint) if entrypoint else default_entrypoint(spec)
-    train = [*entry, "train", "--run", str(run_dir)]
-    c = spec.container
-    if c.runtime == "none":
-        return train
-    argv = [c.runtime, "exec"]
-    if c.gpu and spec.resources.gpus > 0:
-        argv.append("--nv")
-    for b in container_binds(spec, run_dir):
-        argv += ["-B", b]
-    argv.append(str(_absolute(c.image or "")))
-    return argv + train
 
 
 # --------------------------------------------------------------------------------------------- directives

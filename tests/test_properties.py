@@ -37,8 +37,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from hpcseg.cli import main
+from hpcseg.containers import container_command
 from hpcseg.errors import HpcsegError, SpecError
-from hpcseg.render import container_command, render_script
+from hpcseg.render import render_script
 from hpcseg.spec import JobSpec, load_job, with_absolute_paths
 from tests.test_render import STAND_IN, clean_env, header, make_bin, read_argv
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from hpcseg.cli import main
+from hpcseg.containers import container_command
 from hpcseg.errors import HpcsegError
-from hpcseg.render import container_command, pbs_job_name, render_script
+from hpcseg.render import pbs_job_name, render_script
 from hpcseg.spec import JobSpec, load_job, with_absolute_paths
 
 REPO = Path(__file__).resolve().parent.parent
@@ -528,6 +529,40 @@ def test_unbindable_paths_are_refused(tmp_path, override, field):
     with pytest.raises(HpcsegError) as info:
         container_command(load("microbead_optimized", override), tmp_path)
     assert info.value.message.startswith(f"{field}:")
+
+
+def test_each_runtime_builds_its_own_command_line():
+    """One class per runtime: the same image, binds, GPU flag and environment in each one's own words."""
+    from hpcseg.containers import RUNTIMES, Bind, get_runtime
+
+    binds = [Bind("/data", "/data", "ro", "d"), Bind("/runs/r", "/runs/r", "rw", "r")]
+    env = {"HPCSEG_CPUS": "4"}
+    argv = ["hpcseg", "train"]
+    assert set(RUNTIMES) == {"singularity", "apptainer", "charliecloud", "none"}
+    assert get_runtime("singularity").command("/i.sif", binds, True, env, argv) == [
+        "singularity", "exec", "--nv", "--env", "HPCSEG_CPUS=4", "-B", "/data:/data:ro", "-B", "/runs/r:/runs/r",
+        "/i.sif", "hpcseg", "train"]
+    assert get_runtime("apptainer").command("/i.sif", binds, False, {}, argv)[:2] == ["apptainer", "exec"]
+    assert get_runtime("charliecloud").command("/img", binds, True, env, argv) == [
+        "ch-run", "--set-env=HPCSEG_CPUS=4", "-b", "/data:/data", "-b", "/runs/r:/runs/r", "/img", "--",
+        "hpcseg", "train"]
+    assert get_runtime("none").command("", binds, True, {}, argv) == argv
+    with pytest.raises(HpcsegError, match="container.runtime: unknown runtime 'docker'"):
+        get_runtime("docker")
+
+
+def test_charliecloud_wraps_the_training_command(tmp_path):
+    from hpcseg.containers import container_command as cc
+
+    spec = load("microbead_optimized")
+    # spec.py's runtime list gains charliecloud with the Charliecloud image work; the class works already
+    spec = JobSpec.model_construct(**{**spec.__dict__, "container": spec.container.model_copy(
+        update={"runtime": "charliecloud"})})
+    argv = cc(spec, tmp_path)
+    assert argv[0] == "ch-run" and "--nv" not in argv
+    assert argv[argv.index("--") - 1] == spec.container.image
+    assert argv[argv.index("--") + 1:] == ["hpcseg", "train", "--run", str(tmp_path)]
+    assert f"{tmp_path}:{tmp_path}" in argv
 
 
 def test_colon_in_dataset_is_fine_without_container(tmp_path):

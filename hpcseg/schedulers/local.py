@@ -201,7 +201,7 @@ class LocalScheduler(Scheduler):
 class _Supervisor:
     def __init__(self, run_dir: Path, max_parallel: int, then_collect: bool, only: list[int] | None = None,
                  state_file: str = STATE_FILE):
-        from hpcseg.render import container_command
+        from hpcseg.containers import container_command
         from hpcseg.spec import JobSpec
 
         self.run_dir = run_dir

@@ -99,14 +99,11 @@ class TaskRunner:
 
 def python_command(spec: Any, run_dir: Path, entrypoint: list[str] | None) -> str:
     """submitit's ``python=``: this interpreter, or the container wrap with the image's ``python``."""
-    from hpcseg.render import container_command, default_entrypoint
+    from hpcseg.containers import container_prefix
 
     if spec.container.runtime == "none":
         return shlex.quote(entrypoint[0] if entrypoint else sys.executable)
-    argv = container_command(spec, run_dir, entrypoint)
-    entry = list(entrypoint) if entrypoint else default_entrypoint(spec)
-    prefix = argv[: len(argv) - len(entry) - 3]  # drop "<entry> train --run DIR"
-    return shlex.join([*prefix, "python"])
+    return shlex.join([*container_prefix(spec, run_dir), "python"])
 
 
 def parameters(spec: Any, n_tasks: int) -> dict[str, Any]:
