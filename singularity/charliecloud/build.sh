@@ -7,9 +7,11 @@
 #   singularity/charliecloud/build.sh --key      print the cache key only (no build, no install)
 #   singularity/charliecloud/build.sh --tools    install ch-run and mmdebstrap when missing, then stop
 #
-# Two cached layers, each built in a temporary folder and renamed into place at the end (a killed build
-# leaves nothing that looks finished), under one lock (concurrent callers wait, then reuse):
-#   $CACHE/deps-<key>  mmdebstrap base + venv + torch + install_requires    key: this file + setup.cfg +
+# Three cached layers, each built in a temporary folder and renamed into place at the end (a killed build
+# leaves nothing that looks finished), under one lock (concurrent callers wait, then reuse); each later
+# layer starts as a hard-linked copy of the one before, so they share disk space:
+#   $CACHE/base-<key>  mmdebstrap minbase + python3 + venv                  key: suite + packages
+#   $CACHE/deps-<key>  base + venv + torch + install_requires                key: this file + setup.cfg +
 #                                                                               pyproject.toml + torch pin
 #   $CACHE/<key>       hard-linked copy of deps + hpcseg from this checkout  key: deps key + package sources
 #                                                                               + mount points
@@ -39,6 +41,7 @@ KEEP=${HPCSEG_CH_KEEP:-3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 TORCH_INDEX=${HPCSEG_CH_TORCH_INDEX:-}
 SUITE=bookworm                      # its python3 is 3.11, the ABI of the CPU torch wheel
+BASE_PACKAGES=python3,python3-venv,ca-certificates
 VENV=/opt/hpcseg/venv
 IMAGE_PATH=$VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 SOURCES=(setup.cfg pyproject.toml README.md hpcseg templates jobs)
@@ -70,6 +73,7 @@ ensure_tools() {
 
 # ------------------------------------------------------------------------------------------------ keys
 sha() { sha256sum | cut -c1-16; }
+base_key() { echo "$SUITE minbase $BASE_PACKAGES" | sha; }
 deps_key() {
     { cat "$HERE/build.sh" "$ROOT/setup.cfg" "$ROOT/pyproject.toml"; echo "$SUITE $TORCH_VERSION $TORCH_INDEX"; } | sha
 }
@@ -96,8 +100,10 @@ collect_pip_config() {
         for tok in $value; do
             path=${tok#file://}
             [[ "$path" == /* ]] || continue
+            # A file's folder; an index's parent too: its pages link to files beside it (../../files/x.whl).
             [ -f "$path" ] && path=$(dirname "$path")
-            [ -d "$path" ] && BINDS+=("$path")
+            [[ "$name" == *INDEX_URL ]] && path=$(dirname "$path")
+            [ -d "$path" ] && [[ " ${BINDS[*]} " != *" $path "* ]] && BINDS+=("$path")
         done
     done < <("$PY" -m pip config list 2>/dev/null || true)
 }
@@ -114,11 +120,19 @@ ch_build() {
 }
 
 # ------------------------------------------------------------------------------------------------ layers
-build_deps() {
-    local out=$1 tmp=$CACHE/.tmp-deps-$$ b
-    say "building the base layer (mmdebstrap $SUITE, about a minute) in $tmp"
-    mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates "$SUITE" "$tmp" >&2 \
+build_base() {
+    local out=$1 tmp=$CACHE/.tmp-base-$$
+    say "building the base layer (mmdebstrap $SUITE $BASE_PACKAGES, one to two minutes) in $tmp"
+    mmdebstrap --quiet --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$tmp" >&2 \
         || die "mmdebstrap $SUITE failed (is the Debian mirror reachable?)"
+    mv -T "$tmp" "$out"
+}
+
+build_deps() {
+    local base=$1 out=$2 tmp=$CACHE/.tmp-deps-$$ b
+    say "building the dependency layer in $tmp"
+    # Hard links: every layer is read-only once renamed into place; later steps only add files.
+    cp -al "$base" "$tmp"
     local made=()
     for b in "${BINDS[@]}"; do [ -e "$tmp$b" ] || { mkdir -p "$tmp$b"; made+=("$tmp$b"); }; done
     # The image's environment: ch-run --set-env (no argument) reads it.
@@ -181,9 +195,9 @@ prune() {
         [ "$old" = "$keep" ] && continue
         say "removing old image $old"; rm -rf "$old"
     done
-    for old in "$CACHE"/deps-*; do
+    for old in "$CACHE"/deps-* "$CACHE"/base-*; do
         [ -d "$old" ] || continue
-        [ "$old" = "$CACHE/deps-$(deps_key)" ] && continue
+        [ "$old" = "$CACHE/deps-$(deps_key)" ] || [ "$old" = "$CACHE/base-$(base_key)" ] && continue
         say "removing old deps layer $old"; rm -rf "$old"
     done
 }
@@ -195,7 +209,7 @@ main() {
         "") ;;
         *) die "unknown argument $1 (use --key, --tools or nothing)" ;;
     esac
-    local key out deps t0=$SECONDS
+    local key out base deps t0=$SECONDS
     key=$(image_key)
     out=$CACHE/$key
     if [ -d "$out" ]; then
@@ -210,8 +224,10 @@ main() {
     if [ ! -d "$out" ]; then
         rm -rf "$CACHE"/.tmp-*          # leftovers of killed builds: we hold the lock, nobody else builds
         collect_pip_config
+        base=$CACHE/base-$(base_key)
         deps=$CACHE/deps-$(deps_key)
-        [ -d "$deps" ] || build_deps "$deps"
+        [ -d "$base" ] || [ -d "$deps" ] || build_base "$base"
+        [ -d "$deps" ] || build_deps "$base" "$deps"
         build_image "$deps" "$out"
         prune "$out"
         say "built $out in $((SECONDS - t0)) s ($(du -sh "$out" | cut -f1) on disk, hard links shared with $deps)"
