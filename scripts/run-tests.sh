@@ -5,7 +5,8 @@
 #    already runs). On success HPCSEG_SLURM=1 is exported and the tests marked `slurm` run against it.
 #    On failure: with CI=true the run stops here, loudly, with a non-zero exit; elsewhere
 #    HPCSEG_SLURM_SKIP_REASON is exported and the `slurm` tests are skipped with that reason.
-# 2. pytest from the repository root; its exit status is ours, except that 5 (no tests collected) is a
+# 2. Charliecloud's tools (singularity/charliecloud/build.sh --tools: apt-get when missing).
+# 3. pytest from the repository root; its exit status is ours, except that 5 (no tests collected) is a
 #    failure too.
 #
 # The cluster is left running afterwards on purpose: the next run starts in well under a second instead of
@@ -46,6 +47,10 @@ else
     fi
     rm -f "$cluster_log"
 fi
+
+# Charliecloud's tools (ch-run, mmdebstrap; apt-get when missing) for tests/test_charliecloud.py, which
+# builds or reuses its image itself; without them that test skips, or fails under CI=true.
+bash "$ROOT/singularity/charliecloud/build.sh" --tools || echo "run-tests: WARNING: Charliecloud tools unavailable" >&2
 
 "$PY" -m pytest -q -p no:cacheprovider --timeout=900 "$@"
 rc=$?
