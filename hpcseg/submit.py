@@ -65,6 +65,7 @@ def submit_job(loaded: LoadedJob, scheduler: str = "auto", via: str = "sbatch", 
     backend = schedulers.get(name)
     if check:
         _preflight(loaded)
+    backend.check_spec(loaded.spec)  # directive values and extras: refused before a run folder exists
     missing = None if dry_run else backend.missing_command()
     if missing:
         raise SchedulerError(f"{missing}; nothing was created")

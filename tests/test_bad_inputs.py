@@ -154,6 +154,29 @@ def dry_run_then_break(tmp: Path) -> None:
 # --------------------------------------------------------------------------------------------- cases
 
 
+def link_onto(kind: str) -> Callable[[Path], None]:
+    """A valid job, and job.slurm already there as something that is not a regular file."""
+    def setup(tmp: Path) -> None:
+        valid(tmp)
+        (tmp / "precious").write_text("keep me\n")
+        if kind == "symlink":
+            (tmp / "job.slurm").symlink_to(tmp / "precious")
+        else:
+            os.mkfifo(tmp / "job.slurm")
+    return setup
+
+
+def own_templates(mode: int) -> Callable[[Path], None]:
+    """A valid job with a site template beside it, in a templates/ folder of the given mode."""
+    def setup(tmp: Path) -> None:
+        valid(tmp)
+        (tmp / "templates").mkdir()
+        (tmp / "templates" / "slurm.sh.j2").write_text("#!/bin/bash\n#SBATCH --job-name={{ d.job_name }}\n"
+                                                       "{% include 'body.sh.j2' %}")
+        (tmp / "templates").chmod(mode)
+    return setup
+
+
 @dataclass(frozen=True)
 class Case:
     """One row of docs/bad-inputs.md.
@@ -284,6 +307,43 @@ CASES: list[Case] = [
          "hpcseg logs: unknown run 'nope' under <tmp>/runs; recent runs: none yet"),
     Case("runs-dir-not-writable", (*SUBMIT, "--runs-dir", "afile/runs"), 2,
          "hpcseg submit: <tmp>/afile/runs: cannot create the run folder", setup=runs_under_a_file),
+    # --- directive lines and the files hpcseg writes
+    Case("walltime-leading-newline", ("render", "job.yaml", "--scheduler", "slurm"), 2,
+         "hpcseg render: resources.walltime: '\\n00:10:00' cannot go on a scheduler directive line",
+         setup=edited(('"00:10:00"', '"\\n00:10:00"'))),
+    Case("walltime-non-ascii-digits", ("render", "job.yaml", "--scheduler", "pbs"), 2,
+         "hpcseg render: resources.walltime: '٠٠:١٠:٠٠' cannot go on a scheduler directive line",
+         setup=edited(('"00:10:00"', '"٠٠:١٠:٠٠"'))),
+    Case("extra-abbreviates-owned", ("render", "job.yaml", "--scheduler", "slurm",
+                                     "--set", "resources.slurm.extra=[--arr=0-99]"), 2,
+         "hpcseg render: resources.slurm.extra.0: '--arr=0-99' abbreviates --array, which hpcseg sets itself"),
+    Case("extra-bundled-short", ("render", "job.yaml", "--scheduler", "slurm",
+                                 "--set", "resources.slurm.extra=[-Ha0-9]"), 2,
+         "hpcseg render: resources.slurm.extra.0: '-Ha0-9' sets --array, which hpcseg sets itself"),
+    Case("pbs-extra-walltime", ("render", "job.yaml", "--scheduler", "pbs",
+                                "--set", "resources.pbs.extra=[-l walltime=99:00:00]"), 2,
+         "hpcseg render: resources.pbs.extra.0: '-l walltime=99:00:00' sets -l walltime, which hpcseg sets "
+         "itself from resources.walltime"),
+    Case("pbs-select-adds-resource", ("render", "job.yaml", "--scheduler", "pbs",
+                                      "--set", "resources.pbs.select=1:ncpus=2,walltime=99:00:00"), 2,
+         "hpcseg render: resources.pbs.select: '1:ncpus=2,walltime=99:00:00' cannot go on a scheduler directive "
+         "line"),
+    Case("queue-leading-dash", ("render", "job.yaml", "--scheduler", "pbs", "--set", "resources.queue=-x"), 2,
+         "hpcseg render: resources.queue: '-x' cannot go on a scheduler directive line"),
+    Case("submit-extra-owned", ("submit", "job.yaml", "--scheduler", "slurm", "--dry-run", "--runs-dir", "runs",
+                                "--set", "resources.slurm.extra=[--mem=1G]"), 2,
+         "hpcseg submit: resources.slurm.extra.0: '--mem=1G' sets --mem, which hpcseg sets itself from "
+         "resources.memory"),
+    Case("render-o-symlink", ("render", "job.yaml", "--scheduler", "slurm", "-o", "job.slurm"), 2,
+         "hpcseg render: -o job.slurm: is a symbolic link, not a regular file; hpcseg replaces only regular files",
+         setup=link_onto("symlink")),
+    Case("render-o-fifo", ("render", "job.yaml", "--scheduler", "slurm", "-o", "job.slurm"), 2,
+         "hpcseg render: -o job.slurm: is a FIFO, not a regular file", setup=link_onto("fifo")),
+    Case("template-not-shipped", ("render", "job.yaml", "--scheduler", "slurm"), 0,
+         "hpcseg render: not the shipped template: <tmp>/templates/slurm.sh.j2", setup=own_templates(0o755)),
+    Case("templates-world-writable", ("render", "job.yaml", "--scheduler", "slurm"), 2,
+         "hpcseg render: <tmp>/templates: this templates folder beside the job file is writable by every user",
+         setup=own_templates(0o777)),
     # --- on the node
     Case("train-dataset-unreadable", ("train", "--run", "RUN_DIR", "--task", "0"), 2,
          "hpcseg train: job tiny, model unet (unet), fold 0",

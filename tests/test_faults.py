@@ -236,6 +236,33 @@ def test_pbs_interrupted_task_is_resubmitted_through_qsub(tmp_path, beads, clean
     assert (task / "train.log").read_text().count("resuming after epoch") == 1
 
 
+@pytest.mark.slurm
+def test_pbs_walltime_deadline_checkpoints_and_exits_75_before_the_limit(tmp_path, beads, cleanup):
+    """PBS sends no warning before the walltime, so the job script exports HPCSEG_DEADLINE (walltime minus
+    the margin, here min(signal_seconds 30, half of 60 s) = 30 s after the script starts). The trainer
+    stops there: checkpoint, exit 75, status `preempted`, well before Slurm's 60 s limit kills it."""
+    job = job_file(tmp_path, beads, epochs=2000)
+    job.write_text(job.read_text().replace('walltime: "00:10:00", gpus: 0}',
+                                           'walltime: "00:01:00", gpus: 0, slurm: {signal_seconds: 30}}'))
+    run = submit(tmp_path, job, "pbs")
+    cleanup.append(run.manifest["native_ids"][0])
+    script = (run.dir / "job.pbs").read_text()
+    assert "#PBS -l walltime=00:01:00" in script and "export HPCSEG_DEADLINE=$(( $(date +%s) + 30 ))" in script
+    task = run.task_dir(0)
+    wait_for(lambda: (task / "exit_code").exists(), 75, "the deadline's exit_code")
+    assert (task / "exit_code").read_text().strip() == "75"
+    log = (task / "train.log").read_text()
+    assert "deadline" in log, log[-2000:]
+    assert (task / "checkpoint_last.pt").exists()
+    assert 0 < len(epochs_in(task)) < 2000
+    result = json.loads((task / "result.json").read_text())
+    assert result["exit_code"] == 75, result
+    _, data = status_json(run)
+    assert data["runs"][0]["tasks"][0]["state"] == "preempted", data["runs"][0]["tasks"][0]
+    states = sacct_states(run.manifest["native_ids"][0])
+    assert "TIMEOUT" not in states.values(), states
+
+
 # --------------------------------------------------------------------------------------------- no cluster
 
 

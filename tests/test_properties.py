@@ -430,3 +430,200 @@ def _check_verbatim(got: list[str], spec: JobSpec, s: str, field: str, runtime: 
     image = norm("/img/" + s + ".sif") if every or field == "image" else "/i.sif"
     assert got[got.index("train") - 2] == image  # ... IMAGE hpcseg train
     assert os.path.basename(got[got.index("train") - 1]) == "hpcseg"
+
+
+# --------------------------------------------------------------------------------------------- directive block
+#
+# Issue 10: whatever a job file, profile or --set puts in a directive field or an extra option, the rendered
+# block says exactly what hpcseg meant: no line broken (a newline ends the block), none added, and no option
+# hpcseg owns set twice. The oracle is Python's own getopt (an independent implementation of the same
+# long-prefix and short-bundle rules sbatch and qsub use), run over every directive line of the script.
+
+import getopt  # noqa: E402
+
+from hpcseg.schedulers.pbs import _QSUB_NONE, _QSUB_REQUIRED  # noqa: E402
+from hpcseg.schedulers.slurm import _LONG, _OWNED, _SHORT  # noqa: E402
+
+DIRECTIVE_SETTINGS = settings(max_examples=250, deadline=None, report_multiple_bugs=False,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_HOSTILE = list("0123456789:;\n\r\t -=,@&|()[]!*.+_%/~^aAzZkKmMgGtT#$'\"\\") + ["٠", "١", "１", "é", "\x00", "\x0b",
+                                                                              "\u2028", "\x1b"]
+hostile = st.text(alphabet=st.sampled_from(_HOSTILE), max_size=14)
+_LONG_NAMES = sorted(_LONG)
+_OPT_NAMES = _LONG_NAMES + [n[:k] for n in _LONG_NAMES for k in (2, 3, 4, 6) if k < len(n)]
+
+
+def field_value(valid: list[str]) -> st.SearchStrategy[str]:
+    return st.sampled_from(valid) | hostile | st.builds(lambda a, b: a + b, st.sampled_from(valid), hostile)
+
+
+slurm_extra = st.builds(
+    lambda dash, name, sep, val: f"{dash}{name}{sep}{val}",
+    st.sampled_from(["--", "-", "---", ""]),
+    st.sampled_from(_OPT_NAMES) | st.sampled_from(sorted(_SHORT)) | st.text("aAtHJpcmoe", min_size=1, max_size=4),
+    st.sampled_from(["", "=", " ", "  ", "\n#SBATCH "]),
+    field_value(["0-9", "END", "x", "-a", "--array=1", "1G", "user"]))
+pbs_extra = st.builds(
+    lambda name, sep, val: f"-{name}{sep}{val}",
+    st.text(_QSUB_REQUIRED + _QSUB_NONE, min_size=1, max_size=3),
+    st.sampled_from(["", " ", "  ", "\n#PBS "]),
+    field_value(["walltime=99:00:00", "place=scatter", "abe", "mem=1gb", "depend=afterok:1", "ncpus=4,x=y",
+                 "group_list=g", "select=2", "n", "oe", "-N"]))
+
+
+def _getopt_slurm(words: list[str]) -> list[tuple[str, str]]:
+    """Python's getopt over sbatch's table; optional-argument options take a value only after '='."""
+    optional = {n for n, kind in _LONG.items() if kind == "optional"}
+    longopts = [n if kind != "required" else f"{n}=" for n, kind in _LONG.items()]
+    shorts = "".join(c + ("" if _LONG[n] == "none" or n in optional else ":") for c, n in _SHORT.items())
+    out: list[tuple[str, str]] = []
+    pending = list(words)
+    while pending:
+        w = pending.pop(0)
+        if w.startswith("--") and not any(n.startswith(w[2:].split("=", 1)[0]) for n in _LONG):
+            out.append((w[2:].split("=", 1)[0], w.partition("=")[2]))  # a site plugin's option: not sbatch's
+            continue
+        if w.startswith("--") and "=" in w:
+            name = w[2:].split("=", 1)[0]
+            try:
+                _, full = getopt.long_has_args(name, longopts)
+            except getopt.GetoptError:
+                full = name
+            if full in optional:
+                out.append((full, w.split("=", 1)[1]))
+                continue
+        opts, rest = getopt.getopt([w, *pending], shorts, longopts)
+        for o, v in opts:
+            out.append((_SHORT[o[1]] if len(o) == 2 else o[2:], v))
+        pending = rest
+        if rest and not rest[0].startswith("-"):
+            raise AssertionError(f"a stray word on a directive line: {rest}")
+    return out
+
+
+def directive_block(script: str, prefix: str) -> list[str]:
+    """The directive lines as the scheduler reads them: every ``#SBATCH``/``#PBS`` line before the first
+    line that is neither a comment nor blank."""
+    lines = []
+    for line in script.splitlines()[1:]:
+        if line.strip() and not line.startswith("#"):
+            break
+        if line.startswith(prefix + " ") or line == prefix:
+            lines.append(line[len(prefix) + 1:])
+    return lines
+
+
+def _render_or_refuse(data: dict, scheduler: str) -> str | None:
+    try:
+        spec = JobSpec.model_validate(data)
+        return render_script(spec, scheduler, Path("/runs/r"))  # type: ignore[arg-type]
+    except (SpecError, HpcsegError) as exc:
+        message = exc.message if isinstance(exc, HpcsegError) else str(exc)
+        assert all(ln.strip() for ln in [message]), message
+        return None
+    except ValueError:  # pydantic's ValidationError: the spec itself refused it
+        return None
+
+
+def _base() -> dict:
+    return with_absolute_paths(load_job(REPO / "jobs" / "microbead_optimized.yaml", "quick").spec) \
+        .model_dump(mode="json")
+
+
+SLURM_FIELDS = {"walltime": ["12:00:00", "00:10:00", "100:00:00"],
+                "memory": ["240G", "1K", "0.1G", "16000MB", "1.5T", "1Ki"],
+                "per_gpu": [None, "1K", "10G", "0.001G", "80GiB"], "queue": [None, "gpu", "gpu,long"],
+                "account": [None, "proj1"], "qos": [None, "normal"], "constraint": [None, "a100&ib", "[r1|r2]"],
+                "gpu_type": [None, "a100"]}
+PBS_FIELDS = {"walltime": ["12:00:00", "00:10:00"], "memory": ["240G", "1K", "0.1G"],
+              "queue": [None, "workq", "workq@server"], "account": [None, "proj1"],
+              "select": [None, "1:ncpus=8:ngpus=1:mem=64gb", "select=2:ncpus=4+1:ngpus=1"]}
+plausible_slurm_extra = st.builds(lambda n, v: f"--{n}={v}" if _LONG[n] != "none" else f"--{n}",
+                                  st.sampled_from(_LONG_NAMES), st.sampled_from(["END", "x", "0-9", "1G", "user"]))
+plausible_pbs_extra = st.sampled_from(["-m abe", "-l place=scatter", "-W group_list=g", "-V", "-M a@b", "-h",
+                                       "-l walltime=1:00:00", "-Nx", "-hNx", "-lmem=1gb", "-r n", "-a 2359"])
+
+
+def draw_fields(data: st.DataObject, fields: dict[str, list]) -> dict[str, Any]:
+    """Valid values everywhere but one field (or none), which gets hostile text: most examples then
+    reach the rendered script instead of stopping at the first refusal."""
+    target = data.draw(st.sampled_from([None, *fields]))
+    return {k: data.draw(field_value([v for v in valid if v is not None]) if k == target
+                         else st.sampled_from(valid)) for k, valid in fields.items()}
+
+
+@DIRECTIVE_SETTINGS
+@given(data=st.data(), gpu_flag=st.sampled_from(["gres", "gpus"]),
+       extra=st.lists(plausible_slurm_extra | slurm_extra, max_size=3))
+def test_slurm_directive_block_cannot_be_broken_added_to_or_overridden(data, gpu_flag, extra):
+    f = draw_fields(data, SLURM_FIELDS)
+    walltime, memory, per_gpu, queue, account = f["walltime"], f["memory"], f["per_gpu"], f["queue"], f["account"]
+    qos, constraint, gpu_type = f["qos"], f["constraint"], f["gpu_type"]
+    doc = _base()
+    r = doc["resources"]
+    r.update(walltime=walltime, memory=memory, mem_per_gpu=per_gpu, queue=queue, account=account, gpus=1)
+    r["slurm"].update(qos=qos, constraint=constraint, gpu_type=gpu_type, gpu_flag=gpu_flag, extra=extra)
+    script = _render_or_refuse(doc, "slurm")
+    event(f"rendered, {len(extra)} extra" if script is not None else "refused")
+    if script is None:
+        return
+    spec = JobSpec.model_validate(doc)
+    lines = directive_block(script, "#SBATCH")
+    for line in lines:
+        assert line.isascii() and line.isprintable() and "\t" not in line, line
+    ours = lines[: len(lines) - len(extra)]
+    assert lines[len(ours):] == extra  # every extra on its own line, verbatim, after ours
+    parsed = [p for ln in ours for p in _getopt_slurm(ln.split())]
+    theirs = [p for ln in extra for p in _getopt_slurm(ln.split())]
+    assert not {name for name, _ in theirs} & set(_OWNED), (extra, theirs)
+    got = dict(parsed)
+    assert len(got) == len(parsed), parsed  # hpcseg sets each option once
+    secs = spec.resources.walltime_seconds
+    assert got["time"] == f"{secs // 3600:02d}:{secs % 3600 // 60:02d}:{secs % 60:02d}"
+    mem_key = "mem-per-gpu" if per_gpu is not None else "mem"
+    assert set(got) & {"mem", "mem-per-gpu", "mem-per-cpu"} == {mem_key}
+    assert re.fullmatch(r"[1-9][0-9]*M", got[mem_key]), got  # never 0 (the whole node), never None
+    assert got.get("partition") == queue and got.get("account") == account and got.get("qos") == qos
+    assert got.get("constraint") == constraint
+    assert got["array"] == "0-2" and got["job-name"] == spec.slug
+
+
+@DIRECTIVE_SETTINGS
+@given(data=st.data(), flavor=st.sampled_from(["pro", "torque"]),
+       extra=st.lists(plausible_pbs_extra | pbs_extra, max_size=3))
+def test_pbs_directive_block_cannot_be_broken_added_to_or_overridden(data, flavor, extra):
+    f = draw_fields(data, PBS_FIELDS)
+    walltime, memory, queue, account, select = f["walltime"], f["memory"], f["queue"], f["account"], f["select"]
+    doc = _base()
+    r = doc["resources"]
+    r.update(walltime=walltime, memory=memory, queue=queue, account=account)
+    r["pbs"].update(select=select, flavor=flavor, extra=extra)
+    script = _render_or_refuse(doc, "pbs")
+    event(f"rendered, {len(extra)} extra" if script is not None else "refused")
+    if script is None:
+        return
+    lines = directive_block(script, "#PBS")
+    for line in lines:
+        assert line.isascii() and line.isprintable() and "\t" not in line, line
+    assert lines[len(lines) - len(extra):] == extra
+    shorts = "".join(c + ":" for c in _QSUB_REQUIRED) + _QSUB_NONE
+
+    def opts(block: list[str]) -> list[tuple[str, str]]:
+        out = []
+        for ln in block:
+            found, rest = getopt.getopt(ln.split(), shorts)
+            assert rest == [], ln
+            out += [(o[1], v) for o, v in found]
+        return out
+
+    ours, theirs = opts(lines[: len(lines) - len(extra)]), opts(extra)
+    owned = {"J", "t", "N", "o", "e", "j", "r", "q", "A", "P", "d"}
+    assert not {o for o, _ in theirs} & owned, theirs
+    their_keys = {k.split("=")[0].lower() for o, v in theirs if o == "l" for k in re.split(r"[,:+]", v)}
+    assert not their_keys & {"walltime", "select", "nodes", "ncpus", "ngpus", "mem", "vmem", "pmem", "pvmem"}
+    walltimes = [v for o, v in ours if o == "l" and v.startswith("walltime=")]
+    assert len(walltimes) == 1 and re.fullmatch(r"walltime=[0-9]{2,4}:[0-5][0-9]:[0-5][0-9]", walltimes[0])
+    resources = [v for o, v in ours if o == "l" and not v.startswith("walltime=")]
+    assert len(resources) == 1 and "walltime" not in resources[0].lower()
+    assert not re.search(r"mem=0[mg]b", resources[0]), resources
+    assert [o for o, _ in ours].count("N") == 1

@@ -22,7 +22,8 @@ import pytest
 from hpcseg.cli import main
 from hpcseg.containers import container_command
 from hpcseg.errors import HpcsegError
-from hpcseg.render import pbs_job_name, render_script
+from hpcseg.render import render_script
+from hpcseg.schedulers.pbs import pbs_job_name
 from hpcseg.spec import JobSpec, load_job, with_absolute_paths
 
 REPO = Path(__file__).resolve().parent.parent
@@ -456,6 +457,39 @@ def test_slurm_extra_and_qos_constraint_account(tmp_path):
         assert line in d
 
 
+@pytest.mark.parametrize("overrides, slurm, pbs", [
+    (("resources.memory=1K",), "--mem=1M", "mem=1mb"),  # rounded up: --mem=0 is the whole node on Slurm
+    (("resources.memory=0.1G",), "--mem=103M", "mem=103mb"),
+    (("resources.memory=1.5T",), "--mem=1572864M", "mem=1536gb"),
+    (("resources.mem_per_gpu=1K", "resources.gpus=2"), "--mem-per-gpu=1M", "mem=2mb"),
+    (("resources.mem_per_gpu=80GiB", "resources.gpus=1"), "--mem-per-gpu=81920M", "mem=80gb"),
+])
+def test_memory_is_rounded_up_and_never_none(tmp_path, overrides, slurm, pbs):
+    spec = load("microbead_optimized", *overrides)
+    assert f"#SBATCH {slurm}" in directive_lines(render_script(spec, "slurm", tmp_path))
+    assert any(ln.endswith(f":{pbs}") for ln in directive_lines(render_script(spec, "pbs", tmp_path)))
+
+
+def test_walltime_is_written_from_ascii_digits(tmp_path):
+    spec = load("microbead_optimized", "resources.walltime=1:05:00")
+    assert "#SBATCH --time=01:05:00" in directive_lines(render_script(spec, "slurm", tmp_path))
+    for bad in ('"\\n12:00:00"', '"١٢:00:00"', '"12:00:00 "'):
+        try:
+            spec = load("microbead_optimized", f"resources.walltime={bad}")
+        except HpcsegError:
+            continue  # the schema refused it already
+        with pytest.raises(HpcsegError, match="^resources.walltime: .* cannot go on a scheduler directive line"):
+            render_script(spec, "slurm", tmp_path)
+
+
+def test_pbs_script_exports_the_deadline(tmp_path):
+    text = render_script(load("microbead_optimized", "resources.walltime=01:00:00"), "pbs", tmp_path)
+    assert "export HPCSEG_DEADLINE=$(( $(date +%s) + 3300 ))" in text  # 3600 - signal_seconds (300)
+    short = render_script(load("microbead_optimized", "resources.walltime=00:04:00"), "pbs", tmp_path)
+    assert "export HPCSEG_DEADLINE=$(( $(date +%s) + 120 ))" in short  # the margin is at most half
+    assert "HPCSEG_DEADLINE" not in render_script(load("microbead_optimized"), "slurm", tmp_path)
+
+
 @pytest.mark.parametrize("scheduler, override, field", [
     ("slurm", 'resources.queue="gpu\\n#SBATCH --wrap=x"', "resources.queue"),
     ("pbs", 'resources.queue="gpu\\rq"', "resources.queue"),
@@ -469,6 +503,15 @@ def test_slurm_extra_and_qos_constraint_account(tmp_path):
     ("pbs", 'resources.pbs.extra=["-m abe\\n#PBS -l select=99"]', "resources.pbs.extra.0"),
     ("pbs", 'resources.pbs.extra=["-J 0-9"]', "resources.pbs.extra.0"),
     ("pbs", 'resources.pbs.select="1:ncpus=2\\n#PBS -q x"', "resources.pbs.select"),
+    ("slurm", 'resources.slurm.extra=["--arr=0-99"]', "resources.slurm.extra.0"),
+    ("slurm", 'resources.slurm.extra=["-t5"]', "resources.slurm.extra.0"),
+    ("slurm", 'resources.slurm.extra=["--exclusive --array=1"]', "resources.slurm.extra.0"),
+    ("slurm", 'resources.slurm.extra=["--no-req"]', "resources.slurm.extra.0"),
+    ("slurm", 'resources.slurm.extra=["--ex"]', "resources.slurm.extra.0"),
+    ("pbs", 'resources.pbs.extra=["-hNname"]', "resources.pbs.extra.0"),
+    ("pbs", 'resources.pbs.extra=["-l place=scatter,walltime=99:00:00"]', "resources.pbs.extra.0"),
+    ("pbs", 'resources.pbs.extra=["-W depend=afterok:1"]', "resources.pbs.extra.0"),
+    ("pbs", 'resources.queue="gpu\u0661"', "resources.queue"),
 ])
 def test_directive_injection_is_refused(tmp_path, scheduler, override, field):
     spec = load("microbead_optimized", override)
@@ -581,25 +624,72 @@ def _job_copy(where: Path) -> Path:
     return job
 
 
-def test_templates_beside_the_job_win_and_can_include_shipped_parts(tmp_path):
+def test_templates_come_only_from_the_job_folder_or_templates_and_are_reported(tmp_path):
+    """Shipped set, --templates DIR, or templates/ in the job file's own folder; never one further up
+    (issue 10: a templates/ two levels up, even a world-writable /tmp/templates, was used silently)."""
     job = _job_copy(tmp_path / "proj" / "jobs")
     (tmp_path / "proj" / "templates").mkdir()
-    (tmp_path / "proj" / "templates" / "slurm.sh.j2").write_text(
-        "#!/bin/bash\n#SBATCH --job-name={{ d.job_name }}\n# SITE TEMPLATE (parent)\n{% include 'body.sh.j2' %}")
+    (tmp_path / "proj" / "templates" / "slurm.sh.j2").write_text("#!/bin/bash\n# SITE TEMPLATE (parent)\n")
     spec = load_job(job).spec
-    script = render_script(spec, "slurm", tmp_path / "r", job_file=job)
-    assert "# SITE TEMPLATE (parent)" in script and "set -euo pipefail" in script
-    # the PBS template was not overridden: the shipped one is used
-    assert "#PBS -r y" in render_script(spec, "pbs", tmp_path / "r", job_file=job)
-    # a templates/ folder right next to the job file comes first
-    (job.parent / "templates").mkdir()
-    (job.parent / "templates" / "slurm.sh.j2").write_text("#!/bin/bash\n# SITE TEMPLATE (beside)\n")
-    assert "(beside)" in render_script(spec, "slurm", tmp_path / "r", job_file=job)
-    # --templates beats both
+    heard: list[list[Path]] = []
+    script = render_script(spec, "slurm", tmp_path / "r", job_file=job, on_template=heard.append)
+    assert "(parent)" not in script and "set -euo pipefail" in script and heard == []
+    # a templates/ folder right next to the job file is used, can include shipped parts, and is reported
+    beside = job.parent / "templates"
+    beside.mkdir()
+    (beside / "slurm.sh.j2").write_text(
+        "#!/bin/bash\n#SBATCH --job-name={{ d.job_name }}\n# SITE TEMPLATE (beside)\n{% include 'body.sh.j2' %}")
+    script = render_script(spec, "slurm", tmp_path / "r", job_file=job, on_template=heard.append)
+    assert "(beside)" in script and "set -euo pipefail" in script
+    assert heard == [[beside / "slurm.sh.j2"]]
+    # the PBS template was not overridden: the shipped one is used, and nothing is reported
+    heard.clear()
+    assert "#PBS -r y" in render_script(spec, "pbs", tmp_path / "r", job_file=job, on_template=heard.append)
+    assert heard == []
+    # --templates beats it
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "slurm.sh.j2").write_text("#!/bin/bash\n# MINE {{ d.array }}\n")
     assert render_script(spec, "slurm", tmp_path / "r", job_file=job, templates=mine) == "#!/bin/bash\n# MINE 0-2\n"
+    # a world-writable templates/ beside the job is refused (anyone could rewrite the job script)
+    beside.chmod(0o777)
+    with pytest.raises(HpcsegError, match="writable by every user"):
+        render_script(spec, "slurm", tmp_path / "r", job_file=job)
+
+
+def test_cli_render_says_when_a_template_is_not_shipped(tmp_path, capsys):
+    job = _job_copy(tmp_path / "proj")
+    (job.parent / "templates").mkdir()
+    (job.parent / "templates" / "pbs.sh.j2").write_text("#!/bin/bash\n# SITE\n")
+    assert main(["render", str(job), "--scheduler", "pbs"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "#!/bin/bash\n# SITE\n"
+    assert err.splitlines() == [f"hpcseg render: not the shipped template: {job.parent / 'templates' / 'pbs.sh.j2'}"]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "dangling", "folder"])
+def test_cli_render_o_replaces_only_regular_files(tmp_path, capsys, kind):
+    target = tmp_path / "precious"
+    target.write_text("keep me\n")
+    out = tmp_path / "job.slurm"
+    if kind == "symlink":
+        out.symlink_to(target)
+    elif kind == "dangling":
+        out.symlink_to(tmp_path / "nowhere")
+    elif kind == "fifo":
+        os.mkfifo(out)
+    else:
+        out.mkdir()
+    assert main(["render", "microbead_optimized", "--scheduler", "slurm", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"hpcseg render: -o {re.escape(str(out))}: is a (symbolic link|FIFO|folder), not a "
+                        r"regular file; .*\n", err), err
+    assert target.read_text() == "keep me\n"
+    assert out.is_symlink() or out.is_fifo() or out.is_dir()
+    # a regular file is replaced as before
+    (tmp_path / "plain").write_text("old")
+    assert main(["render", "microbead_optimized", "--scheduler", "slurm", "-o", str(tmp_path / "plain")]) == 0
+    assert (tmp_path / "plain").read_text().startswith("#!/bin/bash")
 
 
 def test_undefined_template_variable_is_a_clean_error(tmp_path):

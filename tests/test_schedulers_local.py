@@ -257,3 +257,26 @@ def test_local_real_training(tmp_path, microbeads):
     for t in tasks:
         assert t.epoch == 2 and t.best is not None
         assert (run.dir / f"tasks/{t.model}/fold_0/history.csv").exists()
+
+
+def test_interface_table_matches_the_base_class():
+    """docs/schedulers.md lists every member of Scheduler (and nothing else), so the page a newcomer
+    follows (docs/adding-a-scheduler.md) cannot drift from the code."""
+    import inspect
+    import re
+
+    from hpcseg.schedulers.base import Scheduler
+
+    text = (REPO / "docs" / "schedulers.md").read_text(encoding="utf-8")
+    section = text.split("## The interface", 1)[1].split("\n## ", 1)[0]
+    documented = {re.match(r"\| `([a-z_]+)", ln).group(1) for ln in section.splitlines()
+                  if re.match(r"\| `[a-z_]+", ln)}
+    members = {n for n, _ in inspect.getmembers(Scheduler) if not n.startswith("_")}
+    members |= {n for n in Scheduler.__annotations__ if not n.startswith("_")}
+    assert documented == members
+    for name in members - {"name", "script", "template", "submit_command"}:
+        params = [p for p in inspect.signature(getattr(Scheduler, name)).parameters if p != "self"]
+        row = next(ln for ln in section.splitlines() if ln.startswith(f"| `{name}("))
+        shown = re.match(rf"\| `{name}\(([^)]*)\)", row).group(1)
+        assert [p.strip() for p in shown.split(",") if p.strip()] == params, (name, shown, params)
+    assert (REPO / "docs" / "adding-a-scheduler.md").exists()

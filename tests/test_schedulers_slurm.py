@@ -199,7 +199,8 @@ def test_rendered_slurm_script_passes_test_only(tmp_path, microbeads):
 
 
 def test_submitit_trains_and_status_comes_from_sacct(tmp_path, microbeads, cleanup):
-    p, run = submit(tmp_path, microbeads, "--scheduler", "slurm", "--via", "submitit")
+    p, run = submit(tmp_path, microbeads, "--scheduler", "slurm", "--via", "submitit",
+                    sets=(*SMALL, "resources.slurm.extra=[--comment=hpcseg-extra, --mail-t=NONE]"))
     assert p.returncode == 0, p.stderr
     m = run.manifest
     cleanup += m["native_ids"]
@@ -213,6 +214,24 @@ def test_submitit_trains_and_status_comes_from_sacct(tmp_path, microbeads, clean
     assert (run.dir / "logs" / "submitit" / f"{job}_0_0_log.out").exists()
     sbatch = next((run.dir / "logs" / "submitit").glob("*submission.sh")).read_text()
     assert "#SBATCH --cpus-per-task=1" in sbatch and "#SBATCH --mem=2048M" in sbatch
+    # resources.slurm.extra reaches submitit's script too (abbreviations written in full)
+    assert "#SBATCH --comment=hpcseg-extra" in sbatch and "#SBATCH --mail-type=NONE" in sbatch
+
+
+@pytest.mark.parametrize("via", ["sbatch", "submitit"])
+def test_both_slurm_paths_refuse_the_same_extras_before_a_run_folder(tmp_path, microbeads, via):
+    """The sbatch and submitit paths apply one directive check: an extra that overrides (or abbreviates)
+    an option hpcseg owns, or a value that would break a directive line, is refused by name, exit 2,
+    and no run folder is made."""
+    for bad, says in (("resources.slurm.extra=[--arr=0-99]", "resources.slurm.extra.0: '--arr=0-99' abbreviates "
+                                                             "--array"),
+                      ("resources.slurm.extra=[-t5]", "sets --time"),
+                      ('resources.walltime="\\n00:10:00"', "resources.walltime: '\\n00:10:00' cannot go on"),
+                      ("resources.queue=-x", "resources.queue:")):
+        p, run = submit(tmp_path, microbeads, "--scheduler", "slurm", "--via", via, sets=(*SMALL, bad))
+        assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, (bad, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert run is None, f"{bad}: a run folder was left: {run.dir if run else ''}"
 
 
 def test_submitit_requeues_on_its_pre_timeout_signal(tmp_path, microbeads, cleanup, monkeypatch):

@@ -16,10 +16,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from hpcseg.errors import SchedulerError
 from hpcseg.fsutil import read_json
+
+if TYPE_CHECKING:
+    from hpcseg.spec import JobSpec
 
 # The normalised states every backend maps its own vocabulary onto.
 STATES = ("pending", "running", "completed", "failed", "cancelled", "timeout", "preempted", "requeued", "unknown")
@@ -57,7 +60,19 @@ class Scheduler(ABC):
 
     name: ClassVar[str]
     script: ClassVar[str | None]  # "slurm" | "pbs": which script render_script writes; None: none
+    template: ClassVar[str | None] = None  # the script's template in templates/ (with body.sh.j2)
     submit_command: ClassVar[str | None] = None  # checked on PATH before anything is written
+
+    def directives(self, spec: JobSpec, indices: list[int]) -> dict[str, Any]:
+        """Hook: every value of the script's directive block (``d`` in the template), each checked for
+        its directive line (schedulers/directives.py). Backends without a script have none."""
+        raise NotImplementedError(f"{self.name} renders no job script")
+
+    def check_spec(self, spec: JobSpec) -> None:
+        """Refuse, before a run folder exists, what this backend could not submit as written (raises
+        HpcsegError naming the field). Script backends build their directive block and drop it."""
+        if self.template:
+            self.directives(spec, [t.index for t in spec.tasks()])
 
     def missing_command(self) -> str | None:
         """Why submitting cannot work here, found before a run folder exists (nothing half-written)."""

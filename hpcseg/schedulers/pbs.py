@@ -15,10 +15,23 @@ import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from hpcseg.errors import SchedulerError
+from hpcseg.errors import HpcsegError, SchedulerError
 from hpcseg.fsutil import read_json, write_text_atomic
 from hpcseg.schedulers.base import JobState, Scheduler, Submission, hms_seconds, one_line
+from hpcseg.schedulers.directives import (
+    PBS_NAME_MAX,
+    OptionTable,
+    _ranges,
+    check_directive_value,
+    check_extra,
+    memory_mb,
+    walltime_directive,
+)
+
+if TYPE_CHECKING:
+    from hpcseg.spec import JobSpec
 
 # job_state letters; F/X/C (ended) are refined by the exit status when there is one.
 STATE_MAP = {"Q": "pending", "H": "pending", "W": "pending", "T": "pending", "M": "pending",
@@ -84,11 +97,111 @@ def parse_qstat(text: str, array_level: Sequence[str] = ()) -> dict[str, JobStat
     return out
 
 
+# --------------------------------------------------------------------------------------------- directives
+
+# qsub's options (PBS Pro and Torque together; getopt, one letter each, bundles and attached values allowed).
+_QSUB_REQUIRED = "aAbcCdDeFjJkKlmMNopPqrRStTuvwW"
+_QSUB_NONE = "fhInVxXzG"
+_QSUB_OWNED = {"J": "the job's tasks (a PBS Pro array)", "t": "the job's tasks (a Torque array)",
+               "N": "the job's name", "o": "the run's logs/ folder", "e": "the run's logs/ folder",
+               "j": "the run's logs/ folder", "r": "training.max_requeues", "q": "resources.queue",
+               "A": "resources.account", "P": "resources.account", "d": "the run folder"}
+# -l resources and -W attributes that hpcseg sets: extra may add others (place=, group_list=), not these.
+_L_OWNED = {k: v for ks, v in (("walltime", "resources.walltime"), ("select nodes ppn", "resources.cpus/gpus"),
+                              ("ncpus", "resources.cpus"), ("ngpus gpus", "resources.gpus"),
+                              ("mem vmem pmem pvmem", "resources.memory")) for k in ks.split()}
+QSUB_OPTIONS = OptionTable(
+    "qsub", {}, {**{c: ("required", c) for c in _QSUB_REQUIRED}, **{c: ("none", c) for c in _QSUB_NONE}},
+    _QSUB_OWNED, {"l": _L_OWNED, "W": {"depend": "hpcseg submit --then-collect"}}, example="-m abe")
+
+
+def _mem_pbs(mb: int) -> str:
+    return f"{mb // 1024}gb" if mb % 1024 == 0 else f"{mb}mb"
+
+
+def _pbs_pro_range(indices: list[int]) -> str:
+    """PBS Pro's -J takes one range with an optional step, not a list."""
+    if len({b - a for a, b in zip(indices, indices[1:], strict=False)}) == 1:
+        step = indices[1] - indices[0]
+        return f"{indices[0]}-{indices[-1]}" + (f":{step}" if step > 1 else "")
+    shown = ",".join(map(str, indices))
+    raise HpcsegError(f"tasks {shown}: a PBS Pro job array is one range (a-b[:step]); "
+                      f"submit these tasks in separate runs")
+
+
+def pbs_job_name(slug: str) -> str:
+    """PBS Pro job names: at most 15 characters, starting with an ASCII letter."""
+    name = slug if slug[:1].isascii() and slug[:1].isalpha() else f"j{slug}"
+    return name[:PBS_NAME_MAX]
+
+
+def deadline_margin(spec: JobSpec) -> int:
+    """Seconds before the PBS walltime at which the trainer must stop: time to save and exit."""
+    return int(spec.resources.slurm.signal_seconds) or 300
+
+
+def pbs_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
+    """Every value of the #PBS block, each checked for its directive line (after profiles and --set)."""
+    r, p = spec.resources, spec.resources.pbs
+    per_gpu = memory_mb(r.mem_per_gpu, "resources.mem_per_gpu")
+    total_mb = per_gpu * r.gpus if per_gpu is not None else memory_mb(r.memory, "resources.memory")
+    name = pbs_job_name(check_directive_value(spec.slug, "job_name", "name") or "job")
+    if p.flavor == "torque":
+        nodes = f"nodes=1:ppn={int(r.cpus)}" + (f":gpus={int(r.gpus)}" if r.gpus else "")
+        resources = f"{nodes},mem={_mem_pbs(total_mb)}"
+        array = _ranges(indices) + (f"%{r.array_parallelism}" if r.array_parallelism else "")
+        # A file, not the logs/ folder: Torque appends -<index> per array element itself, and Slurm's
+        # Torque emulation fails every task whose -o names a directory.
+        out, err = f"logs/{name}.out", f"logs/{name}.err"
+    else:
+        select = check_directive_value(p.select, "select", "resources.pbs.select")
+        if select:
+            resources = select if select.startswith("select=") else f"select={select}"
+        else:
+            resources = f"select=1:ncpus={int(r.cpus)}" + (f":ngpus={int(r.gpus)}" if r.gpus else "") \
+                + f":mem={_mem_pbs(total_mb)}"
+        array = None
+        out, err = f"logs/{name}.o{indices[0]}", f"logs/{name}.e{indices[0]}"
+        if len(indices) > 1:
+            array = _pbs_pro_range(indices) + (f"%{r.array_parallelism}" if r.array_parallelism else "")
+            # PBS Pro puts the subjob's index where ^array_index^ stands (relative to qsub's cwd).
+            out, err = f"logs/{name}.o^array_index^", f"logs/{name}.e^array_index^"
+    walltime = walltime_directive(r.walltime)
+    h, m, sec = (int(x) for x in walltime.split(":"))
+    seconds = h * 3600 + m * 60 + sec
+    return {
+        "flavor": p.flavor,
+        "job_name": name,
+        "queue": check_directive_value(r.queue, "queue", "resources.queue"),
+        "account": check_directive_value(r.account, "account", "resources.account"),
+        "account_flag": p.account_flag,
+        "resources": resources,
+        "walltime": walltime,
+        "walltime_seconds": seconds,
+        # PBS sends no warning before the walltime: the script exports HPCSEG_DEADLINE (start + this) and
+        # the trainer checkpoints and exits 75 by then. The margin is the warning Slurm would get
+        # (resources.slurm.signal_seconds), at most half the walltime.
+        "deadline_seconds": seconds - min(deadline_margin(spec), seconds // 2),
+        "array": array,
+        "array_flag": "-t" if p.flavor == "torque" else "-J",
+        "output": out,
+        "error": err,
+        "extra": check_extra(p.extra, QSUB_OPTIONS, "resources.pbs.extra"),
+    }
+
+
+_pbs_directives = pbs_directives  # the name render.py used
+
+
 class PbsScheduler(Scheduler):
     name = "pbs"
     script = "pbs"
+    template = "pbs.sh.j2"
     submit_command = "qsub"
     _flags: list[str] | None = None  # qstat flags that worked for this PBS, learnt once per process
+
+    def directives(self, spec: JobSpec, indices: list[int]) -> dict[str, Any]:
+        return pbs_directives(spec, indices)
 
     def submit_script(self, script: Path, run_dir: Path) -> str:
         return self._qsub(["qsub", script.name], run_dir)
@@ -119,8 +232,6 @@ class PbsScheduler(Scheduler):
         """``hpcseg collect`` after every task ended however it ended (``depend=afterany``)."""
         import shlex
         import sys
-
-        from hpcseg.render import check_directive_value
 
         m = read_json(run_dir / "manifest.json")
         r = m["spec"]["resources"]

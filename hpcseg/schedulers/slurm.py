@@ -16,10 +16,23 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hpcseg.errors import SchedulerError
 from hpcseg.fsutil import read_json
 from hpcseg.schedulers.base import JobState, Scheduler, hms_seconds, one_line
+from hpcseg.schedulers.directives import (
+    OptionTable,
+    _ranges,
+    check_directive_value,
+    check_extra,
+    memory_mb,
+    parse_options,
+    walltime_directive,
+)
+
+if TYPE_CHECKING:
+    from hpcseg.spec import JobSpec
 
 STATE_MAP = {
     "PENDING": "pending", "CONFIGURING": "pending", "REQUEUE_HOLD": "pending", "REQUEUE_FED": "pending",
@@ -79,11 +92,102 @@ def parse_squeue(text: str) -> dict[str, JobState]:
     return out
 
 
+# --------------------------------------------------------------------------------------------- directives
+
+# sbatch's options as its getopt table knows them (sbatch(1) and `sbatch --help` of Slurm 22.05, plus the
+# few later releases added): getopt_long takes any unique prefix, so `--arr=0-9` IS --array.
+_REQUIRED = """account acctg-freq array batch bb bbf begin chdir cluster-constraint clusters comment constraint
+container container-id core-spec cores-per-socket cpu-freq cpus-per-gpu cpus-per-task deadline delay-boot
+dependency distribution error exclude export-file extra-node-info gid gpu-bind gpu-freq gpus gpus-per-node
+gpus-per-socket gpus-per-task gres gres-flags hint input job-name kill-on-invalid-dep licenses mail-type
+mail-user mcs-label mem mem-bind mem-per-cpu mem-per-gpu mincpus network nodefile nodelist nodes ntasks
+ntasks-per-core ntasks-per-gpu ntasks-per-node ntasks-per-socket open-mode output partition power prefer
+priority profile qos reservation signal sockets-per-node switches thread-spec threads-per-core time time-min
+tmp tres-bind tres-per-task uid wait-all-nodes wckey wrap""".split()
+_OPTIONAL = "exclusive export get-user-env nice no-kill propagate".split()
+_NONE = """contiguous help hold ignore-pbs no-requeue overcommit oversubscribe parsable quiet reboot requeue
+spread-job test-only usage use-min-nodes verbose version wait""".split()
+_SHORT = {"a": "array", "A": "account", "b": "begin", "B": "extra-node-info", "c": "cpus-per-task",
+          "C": "constraint", "d": "dependency", "D": "chdir", "e": "error", "F": "nodefile", "G": "gpus",
+          "H": "hold", "h": "help", "i": "input", "J": "job-name", "k": "no-kill", "L": "licenses",
+          "M": "clusters", "m": "distribution", "n": "ntasks", "N": "nodes", "o": "output", "O": "overcommit",
+          "p": "partition", "q": "qos", "Q": "quiet", "s": "oversubscribe", "S": "core-spec", "t": "time",
+          "v": "verbose", "V": "version", "W": "wait", "w": "nodelist", "x": "exclude"}
+_LONG: dict[str, Any] = {**dict.fromkeys(_REQUIRED, "required"), **dict.fromkeys(_OPTIONAL, "optional"),
+                         **dict.fromkeys(_NONE, "none")}
+# What hpcseg writes itself, and where a user changes it. A second copy in extra would override ours (the
+# last one wins) or clash (--mem with --mem-per-gpu), so extra may not name, or abbreviate, any of these.
+_OWNED = {
+    "array": "the job's tasks (resources.array_parallelism)", "time": "resources.walltime",
+    "time-min": "resources.walltime", "mem": "resources.memory", "mem-per-cpu": "resources.memory",
+    "mem-per-gpu": "resources.mem_per_gpu", "cpus-per-task": "resources.cpus", "cpus-per-gpu": "resources.cpus",
+    "mincpus": "resources.cpus", "gpus": "resources.gpus", "gres": "resources.gpus",
+    "gpus-per-node": "resources.gpus", "gpus-per-task": "resources.gpus", "gpus-per-socket": "resources.gpus",
+    "output": "the run's logs/ folder", "error": "the run's logs/ folder", "open-mode": "the run's logs/ folder",
+    "job-name": "the job's name", "signal": "resources.slurm.signal_seconds",
+    "requeue": "training.max_requeues", "no-requeue": "training.max_requeues", "partition": "resources.queue",
+    "dependency": "hpcseg submit --then-collect", "nodes": "one node per task", "ntasks": "one node per task",
+    "account": "resources.account", "qos": "resources.slurm.qos", "constraint": "resources.slurm.constraint",
+    "chdir": "the run folder", "wrap": "the job script",
+}
+SBATCH_OPTIONS = OptionTable("sbatch", _LONG, {k: (_LONG[v], v) for k, v in _SHORT.items()}, _OWNED,
+                             example="--exclusive or --mail-type=END")
+
+
+def slurm_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
+    """Every value of the #SBATCH block, each checked for its directive line (after profiles and --set)."""
+    r, s = spec.resources, spec.resources.slurm
+    gpu_type = check_directive_value(s.gpu_type, "gpu_type", "resources.slurm.gpu_type")
+    gpus = None
+    if r.gpus > 0:
+        gpus = (f"--gres=gpu:{gpu_type}:{r.gpus}" if gpu_type else f"--gres=gpu:{r.gpus}") \
+            if s.gpu_flag == "gres" else (f"--gpus={gpu_type}:{r.gpus}" if gpu_type else f"--gpus={r.gpus}")
+    array = _ranges(indices) + (f"%{r.array_parallelism}" if r.array_parallelism else "")
+    per_gpu = memory_mb(r.mem_per_gpu, "resources.mem_per_gpu")
+    mem = None if per_gpu is not None else memory_mb(r.memory, "resources.memory")
+    memory = f"--mem-per-gpu={per_gpu}M" if per_gpu is not None else f"--mem={mem}M"
+    return {
+        "job_name": check_directive_value(spec.slug, "job_name", "name"),
+        "partition": check_directive_value(r.queue, "queue", "resources.queue"),
+        "account": check_directive_value(r.account, "account", "resources.account"),
+        "qos": check_directive_value(s.qos, "qos", "resources.slurm.qos"),
+        "constraint": check_directive_value(s.constraint, "constraint", "resources.slurm.constraint"),
+        "time": walltime_directive(r.walltime),
+        "cpus": int(r.cpus),
+        "memory": memory,
+        "mem_mb": mem,
+        "mem_per_gpu_mb": per_gpu,
+        "gpu_type": gpu_type,
+        "gpus": gpus,
+        "array": array,
+        "signal_seconds": int(s.signal_seconds),
+        "extra": check_extra(s.extra, SBATCH_OPTIONS, "resources.slurm.extra"),
+    }
+
+
+_slurm_directives = slurm_directives  # the name render.py used
+
+
+def extra_parameters(lines: list[str], field_name: str = "resources.slurm.extra") -> dict[str, str | bool]:
+    """``resources.slurm.extra`` as submitit's ``additional_parameters`` (long name -> value, True for a
+    flag): the same parse and the same refusals as the #SBATCH path, written out in full names."""
+    check_extra(lines, SBATCH_OPTIONS, field_name)
+    out: dict[str, str | bool] = {}
+    for i, line in enumerate(lines):
+        for name, value in parse_options(line, SBATCH_OPTIONS, f"{field_name}.{i}"):
+            out[name] = True if value is None else value
+    return out
+
+
 class SlurmScheduler(Scheduler):
     name = "slurm"
     script = "slurm"
+    template = "slurm.sh.j2"
     submit_command = "sbatch"
     _no_accounting = False
+
+    def directives(self, spec: JobSpec, indices: list[int]) -> dict[str, Any]:
+        return slurm_directives(spec, indices)
 
     def submit_script(self, script: Path, run_dir: Path) -> str:
         return self._sbatch(["sbatch", "--parsable", script.name], run_dir)

@@ -106,32 +106,39 @@ def python_command(spec: Any, run_dir: Path, entrypoint: list[str] | None) -> st
     return shlex.join([*container_prefix(spec, run_dir), "python"])
 
 
-def parameters(spec: Any, n_tasks: int) -> dict[str, Any]:
-    """Our resources in submitit's (SlurmExecutor's) names: one table, like submitit's own."""
+def parameters(spec: Any, indices: list[int]) -> dict[str, Any]:
+    """Our resources in submitit's (SlurmExecutor's) names: one table, like submitit's own.
+
+    Built from the very directive block the sbatch path renders (schedulers/slurm.py), so the same
+    values are checked the same way, and ``resources.slurm.extra`` goes in as ``additional_parameters``
+    (submitit writes each as ``#SBATCH --name=value``) after the same parse and refusals."""
+    from hpcseg.schedulers.directives import walltime_seconds
+    from hpcseg.schedulers.slurm import extra_parameters, slurm_directives
+
+    d = slurm_directives(spec, indices)
     r, s = spec.resources, spec.resources.slurm
     p: dict[str, Any] = {
-        "job_name": spec.slug, "time": math.ceil(r.walltime_seconds / 60), "nodes": 1, "ntasks_per_node": 1,
-        "cpus_per_task": r.cpus, "signal_delay_s": s.signal_seconds or 90,
-        "array_parallelism": r.array_parallelism or n_tasks,
+        "job_name": d["job_name"], "time": math.ceil(walltime_seconds(r.walltime) / 60), "nodes": 1,
+        "ntasks_per_node": 1, "cpus_per_task": d["cpus"], "signal_delay_s": d["signal_seconds"] or 90,
+        "array_parallelism": r.array_parallelism or len(indices),
     }
-    if r.queue:
-        p["partition"] = r.queue
-    if r.account:
-        p["account"] = r.account
-    if s.qos:
-        p["qos"] = s.qos
-    if s.constraint:
-        p["constraint"] = s.constraint
+    for key, name in (("partition", "partition"), ("account", "account"), ("qos", "qos"),
+                      ("constraint", "constraint")):
+        if d[key]:
+            p[name] = d[key]
+    additional: dict[str, Any] = extra_parameters(list(s.extra))
     if r.gpus:
-        typed = f"{s.gpu_type}:{r.gpus}" if s.gpu_type else str(r.gpus)
+        typed = f"{d['gpu_type']}:{r.gpus}" if d["gpu_type"] else str(r.gpus)
         if s.gpu_flag == "gres":
             p["gres"] = f"gpu:{typed}"
         else:
-            p["additional_parameters"] = {"gpus": typed}
-    if r.mem_per_gpu_mb:
-        p["mem_per_gpu"] = f"{r.mem_per_gpu_mb}M"
+            additional["gpus"] = typed
+    if additional:
+        p["additional_parameters"] = additional
+    if d["mem_per_gpu_mb"] is not None:
+        p["mem_per_gpu"] = f"{d['mem_per_gpu_mb']}M"
     else:
-        p["mem"] = f"{r.memory_mb}M"
+        p["mem"] = f"{d['mem_mb']}M"
     return p
 
 
@@ -159,10 +166,11 @@ class SubmititSlurmScheduler(SlurmScheduler):
         m = read_json(run_dir / "manifest.json")
         spec = JobSpec.model_validate(m["spec"])
         folder = run_dir / "logs" / "submitit"
+        params = parameters(spec, indices)  # bad values: one line naming the field (exit 2), not a sbatch error
         try:
             ex = submitit.SlurmExecutor(folder=folder, python=python_command(spec, run_dir, m.get("entrypoint")),
                                         max_num_timeout=spec.training.max_requeues)
-            ex.update_parameters(**parameters(spec, len(indices)))
+            ex.update_parameters(**params)
             CALLS["sbatch"] += 1
             jobs = ex.map_array(TaskRunner(), [str(run_dir)] * len(indices), indices)
         except Exception as exc:  # submitit wraps sbatch's failure in its own exception types
