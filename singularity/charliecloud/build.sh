@@ -16,8 +16,8 @@
 #   $CACHE/<key>       deps + hpcseg from this checkout             key: deps + package sources + mount points
 # Each key also holds the code of the functions that build its layer (`declare -f`), so changing how a
 # layer is made rebuilds it, while comments and the rest of this file do not.
-# Measured on a loaded 2-core machine: reuse 0.05 s; a changed source file ~15 s (project layer only); from
-# nothing ~4.5 min (base ~2, deps ~2, project 0.3), 1.7 GB, mostly torch.
+# Measured on the project's 2-core machine under load 7-10: reuse 0.05 s; a changed source file ~15 s (project
+# layer only); from nothing 4.5-5.5 min (base 1.5-2.2, deps 2-2.8, project 0.25), 1.7 GB, mostly torch.
 #
 # pip inside the image is configured like pip on this host: every setting `pip config list` reports (files
 # and PIP_* variables) is passed on, and each local folder those settings name (find-links, file:// indexes,
@@ -192,19 +192,24 @@ build_image() {
     mv -T "$tmp" "$out"
 }
 
-# Old project images (least recently used first) beyond HPCSEG_CH_KEEP, and deps layers none of the kept use.
+# Old project images (least recently used first) beyond HPCSEG_CH_KEEP, and layers the current key does
+# not use. Renamed away at once (a running job keeps its open files), deleted in the background: removing
+# a 1.7 GB tree takes the better part of a minute on a busy machine, and nobody should wait for it.
 prune() {
     local keep=$1 old
-    find "$CACHE" -mindepth 1 -maxdepth 1 -type d -regextype egrep -regex '.*/[0-9a-f]{16}' -printf '%T@ %p\n' \
-        | sort -rn | cut -d' ' -f2- | tail -n +"$((KEEP + 1))" | while read -r old; do
+    {
+        find "$CACHE" -mindepth 1 -maxdepth 1 -type d -regextype egrep -regex '.*/[0-9a-f]{16}' -printf '%T@ %p\n' \
+            | sort -rn | cut -d' ' -f2- | tail -n +"$((KEEP + 1))"
+        for old in "$CACHE"/deps-* "$CACHE"/base-*; do
+            [ -d "$old" ] && [ "$old" != "$CACHE/deps-$(deps_key)" ] && [ "$old" != "$CACHE/base-$(base_key)" ] \
+                && echo "$old"
+        done
+    } | while read -r old; do
         [ "$old" = "$keep" ] && continue
-        say "removing old image $old"; rm -rf "$old"
+        say "removing old layer $old"
+        mv -T "$old" "$CACHE/.trash-$(basename "$old")-$$"
     done
-    for old in "$CACHE"/deps-* "$CACHE"/base-*; do
-        [ -d "$old" ] || continue
-        [ "$old" = "$CACHE/deps-$(deps_key)" ] || [ "$old" = "$CACHE/base-$(base_key)" ] && continue
-        say "removing old deps layer $old"; rm -rf "$old"
-    done
+    setsid rm -rf "$CACHE"/.trash-* </dev/null >/dev/null 2>&1 &
 }
 
 main() {
