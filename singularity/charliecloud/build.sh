@@ -108,7 +108,7 @@ collect_pip_config() {
             # A file's folder; an index's parent too: its pages link to files beside it (../../files/x.whl).
             [ -f "$path" ] && path=$(dirname "$path")
             [[ "$name" == *INDEX_URL ]] && path=$(dirname "$path")
-            [ -d "$path" ] && [[ " ${BINDS[*]} " != *" $path "* ]] && BINDS+=("$path")
+            if [ -d "$path" ] && [[ " ${BINDS[*]} " != *" $path "* ]]; then BINDS+=("$path"); fi
         done
     done < <("$PY" -m pip config list 2>/dev/null || true)
 }
@@ -180,7 +180,7 @@ build_image() {
     done
     ch_build "$tmp" /bin/sh -ec "
         cd /opt/hpcseg/src
-        $VENV/bin/pip install -q --no-deps --no-build-isolation --no-index .
+        $VENV/bin/pip install -q --no-deps .   # build backend from the index, as pyproject.toml asks
         share=\$($VENV/bin/python -c 'import sys; print(sys.prefix)')/share/hpcseg
         mkdir -p \"\$share\"
         for d in templates jobs; do [ -e \"\$share/\$d\" ] || cp -r \"\$d\" \"\$share/\"; done
@@ -201,8 +201,9 @@ prune() {
         find "$CACHE" -mindepth 1 -maxdepth 1 -type d -regextype egrep -regex '.*/[0-9a-f]{16}' -printf '%T@ %p\n' \
             | sort -rn | cut -d' ' -f2- | tail -n +"$((KEEP + 1))"
         for old in "$CACHE"/deps-* "$CACHE"/base-*; do
-            [ -d "$old" ] && [ "$old" != "$CACHE/deps-$(deps_key)" ] && [ "$old" != "$CACHE/base-$(base_key)" ] \
-                && echo "$old"
+            if [ -d "$old" ] && [ "$old" != "$CACHE/deps-$(deps_key)" ] && [ "$old" != "$CACHE/base-$(base_key)" ]; then
+                echo "$old"
+            fi
         done
     } | while read -r old; do
         [ "$old" = "$keep" ] && continue
