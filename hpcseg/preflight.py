@@ -694,8 +694,8 @@ def _check_container(c: _Checks) -> None:
         c.error("container", image, "container image is empty (0 bytes); rebuild it (docs/containers.md)")
     exe = get_runtime(ct.runtime).executable or ct.runtime
     if shutil.which(exe) is None:
-        other = "apptainer" if ct.runtime == "singularity" else "singularity"
-        hint = (f" ({other} is on PATH: --set container.runtime={other})" if shutil.which(other) else
+        other = {"singularity": "apptainer", "apptainer": "singularity"}.get(ct.runtime)
+        hint = (f" ({other} is on PATH: --set container.runtime={other})" if other and shutil.which(other) else
                 f" (`module load {ct.runtime}` may provide it)")
         c.error("container", c.field("container.runtime"),
                 f"{exe} not found on PATH{hint}; login nodes sometimes lack it while compute nodes "

@@ -102,6 +102,22 @@ def test_an_image_without_its_environment_file_is_refused(tmp_path):
         container_command(spec_for(tmp_path / "data", image), tmp_path / "run")
 
 
+def test_preflight_looks_for_ch_run_not_a_program_called_charliecloud(tmp_path, monkeypatch):
+    from hpcseg.preflight import run_preflight
+
+    data, image = tmp_path / "data", fake_image(tmp_path / "img")
+    make_microbeads(data, n=12, size=32)
+    spec = spec_for(data, image)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    problems = [p.message for p in run_preflight(spec)]
+    assert len(problems) == 1 and problems[0].startswith("ch-run not found on PATH"), problems
+    (bin_dir / "ch-run").write_text("#!/bin/sh\n")
+    (bin_dir / "ch-run").chmod(0o755)
+    assert run_preflight(spec) == []
+
+
 # --------------------------------------------------------------------------------------------- real image
 
 
