@@ -180,7 +180,8 @@ build_image() {
     done
     ch_build "$tmp" /bin/sh -ec "
         cd /opt/hpcseg/src
-        $VENV/bin/pip install -q --no-deps .   # build backend from the index, as pyproject.toml asks
+        # Offline and quick: the build backend (setuptools, wheel) is in the deps layer already.
+        $VENV/bin/pip install -q --no-deps --no-build-isolation --no-index .
         share=\$($VENV/bin/python -c 'import sys; print(sys.prefix)')/share/hpcseg
         mkdir -p \"\$share\"
         for d in templates jobs; do [ -e \"\$share/\$d\" ] || cp -r \"\$d\" \"\$share/\"; done
