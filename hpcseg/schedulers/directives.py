@@ -100,6 +100,14 @@ def _check_constraint(value: str, field_name: str) -> None:
         raise _bad(value, "constraint", field_name, "the expression is incomplete")
 
 
+def job_name(slug: str) -> str:
+    """The job's name as a directive value: the slug (already file-name safe) with anything outside the
+    grammar replaced, and a leading character that could read as an option (``-``) prefixed with ``j``.
+    A name is the user's to choose, so it is made safe rather than refused."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", slug, flags=re.ASCII) or "job"
+    return name if re.match(r"[A-Za-z0-9_]", name, re.ASCII) else f"j{name}"
+
+
 def walltime_directive(value: str, field_name: str = "resources.walltime") -> str:
     """The walltime as hpcseg writes it, HH:MM:SS from ASCII digits only (a newline or an Arabic-Indic
     digit would pass a ``\\d`` check and end or corrupt the directive block)."""

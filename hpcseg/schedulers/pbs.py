@@ -26,6 +26,7 @@ from hpcseg.schedulers.directives import (
     _ranges,
     check_directive_value,
     check_extra,
+    job_name,
     memory_mb,
     walltime_directive,
 )
@@ -145,7 +146,7 @@ def pbs_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
     r, p = spec.resources, spec.resources.pbs
     per_gpu = memory_mb(r.mem_per_gpu, "resources.mem_per_gpu")
     total_mb = per_gpu * r.gpus if per_gpu is not None else memory_mb(r.memory, "resources.memory")
-    name = pbs_job_name(check_directive_value(spec.slug, "job_name", "name") or "job")
+    name = pbs_job_name(job_name(spec.slug))
     if p.flavor == "torque":
         nodes = f"nodes=1:ppn={int(r.cpus)}" + (f":gpus={int(r.gpus)}" if r.gpus else "")
         resources = f"{nodes},mem={_mem_pbs(total_mb)}"

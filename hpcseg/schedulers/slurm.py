@@ -26,6 +26,7 @@ from hpcseg.schedulers.directives import (
     _ranges,
     check_directive_value,
     check_extra,
+    job_name,
     memory_mb,
     parse_options,
     walltime_directive,
@@ -147,7 +148,7 @@ def slurm_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
     mem = None if per_gpu is not None else memory_mb(r.memory, "resources.memory")
     memory = f"--mem-per-gpu={per_gpu}M" if per_gpu is not None else f"--mem={mem}M"
     return {
-        "job_name": check_directive_value(spec.slug, "job_name", "name"),
+        "job_name": job_name(spec.slug),
         "partition": check_directive_value(r.queue, "queue", "resources.queue"),
         "account": check_directive_value(r.account, "account", "resources.account"),
         "qos": check_directive_value(s.qos, "qos", "resources.slurm.qos"),
