@@ -94,23 +94,78 @@ class Apptainer(Singularity):
 
 
 class Charliecloud(Runtime):
-    """``ch-run [--set-env=K=V] -b src:dst ... IMAGE_DIR -- cmd`` (unprivileged; an image directory).
+    """``ch-run`` (Charliecloud >= 0.31): unprivileged, runs an image *directory* such as the one
+    singularity/charliecloud/build.sh makes.
 
-    ch-run has no ``--nv``: GPU libraries are injected into the image beforehand (``ch-fromhost
-    --nvidia``), so the GPU flag changes nothing here. Bind targets must already exist in the image,
-    and ch-run 0.31 has no read-only bind option.
+    ch-run differs from singularity in four ways this class makes up for:
+
+    * it has no read-only bind, so the command first runs a tiny ``sh`` inside the container that
+      remounts each ``ro`` bind read-only (``mount -o remount,bind,ro``), then execs the trainer. That
+      needs root *in the container*, hence ``--uid=0 --gid=0``: container root is mapped to the
+      submitting user, so files written in the run folder still belong to that user on the host;
+    * it binds only onto folders that exist in the image (or under /tmp, which it binds from the host):
+      :meth:`prefix` checks this when the image is visible, parents are bound before children, and the
+      build recipe creates the usual roots (HPCSEG_CH_MOUNTS);
+    * it passes the host's environment through, PATH included, and refuses to start without ``$USER``
+      (batch jobs may lack it): the image's own ``/ch/environment`` (PATH to its venv) is applied with
+      ``--set-env``, host Python variables that would redirect the image's interpreter are dropped, and
+      ``$USER`` is filled in from ``id -un`` when empty;
+    * it starts in ``/``, not the current folder: ``--cd`` to the run folder, as singularity would be.
+
+    There is no ``--nv``: GPU libraries are injected into the image beforehand (``ch-fromhost
+    --nvidia IMAGE``), so the GPU flag changes nothing on the command line.
     """
 
     name = "charliecloud"
     executable = "ch-run"
+    separators = ":"  # -b SRC[:DST]
+    # Runs on the host before ch-run; $0 is a label for error messages.
+    SET_USER = '[ -n "${USER:-}" ] || USER=$(id -un); export USER; exec "$@"'
+    # Runs inside the container: remount each argument up to "--" read-only, then exec the rest.
+    READ_ONLY = ('while [ "$#" -gt 0 ] && [ "$1" != -- ]; do '
+                 'mount -o remount,bind,ro "$1" || { echo "hpcseg: cannot make $1 read-only in the container" >&2; '
+                 'exit 126; }; shift; done; shift; exec "$@"')
+    # Host Python settings that would point the image's interpreter at host files.
+    UNSET = ("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONSTARTUP", "VIRTUAL_ENV")
 
     def prefix(self, image: str, binds: Sequence[Bind], gpu: bool, env: Mapping[str, str]) -> list[str]:
-        argv = ["ch-run"]
-        for key, value in env.items():
-            argv.append(f"--set-env={key}={value}")
-        for b in binds:
+        # A mount hides what an earlier one put below it: parents first (stable for equal depths).
+        ordered = sorted(binds, key=lambda b: b.dst.rstrip("/").count("/"))
+        self.check_image(image, ordered)
+        argv = ["sh", "-c", self.SET_USER, "hpcseg-ch-run",
+                "ch-run", "--uid=0", "--gid=0", "--env-no-expand",
+                *(f"--unset-env={name}" for name in self.UNSET),
+                "--set-env",  # the image's /ch/environment
+                *(f"--set-env={key}={value}" for key, value in env.items())]
+        run = [b.dst for b in ordered if b.field == "--run-dir"]
+        argv.append(f"--cd={run[0] if run else '/'}")
+        for b in ordered:
             argv += ["-b", f"{b.src}:{b.dst}"]
-        return [*argv, image, "--"]
+        read_only = [b.dst for b in ordered if b.mode == "ro"]
+        return [*argv, image, "--", "/bin/sh", "-c", self.READ_ONLY, "hpcseg-ro", *read_only, "--"]
+
+    @staticmethod
+    def check_image(image: str, binds: Sequence[Bind]) -> None:
+        """Refuse, at render time, an image ch-run would refuse on the node: no /ch/environment, or a bind
+        target that is not a folder in it. Skipped when the image is not visible here (a login node that
+        does not mount it; preflight reports a missing image)."""
+        root = Path(image)
+        if not root.is_dir():
+            return
+        if not (root / "ch" / "environment").is_file():
+            raise HpcsegError(f"container.image: {image} has no /ch/environment (the image's PATH), which "
+                              f"ch-run --set-env reads; build the image with singularity/charliecloud/build.sh "
+                              f"or write that file (NAME=VALUE lines)")
+        bound: list[str] = ["/tmp"]  # ch-run binds the host's /tmp (no --private-tmp here)
+        for b in binds:
+            dst = b.dst.rstrip("/") or "/"
+            inside = any(dst == d or dst.startswith(d.rstrip("/") + "/") for d in bound)
+            if not inside and not (root / dst.lstrip("/")).is_dir():
+                raise HpcsegError(f"{b.field}: the charliecloud image {image} has no folder {dst} to bind "
+                                  f"{b.src} onto (ch-run binds only onto existing folders); create it "
+                                  f"(mkdir -p {root / dst.lstrip('/')}), rebuild with HPCSEG_CH_MOUNTS "
+                                  f"(docs/containers.md), or bind a parent folder in container.binds")
+            bound.append(dst)
 
 
 class NoContainer(Runtime):

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hpcseg.containers import get_runtime
 from hpcseg.errors import EXIT_BAD_INPUT
 from hpcseg.images import ImageReadError, read_image
 from hpcseg.spec import JobSpec
@@ -450,12 +451,13 @@ def _check_container(c: Checks) -> None:
                                     "or copy it there; without a container: --set container.runtime=none")
     elif image.is_file() and image.stat().st_size == 0:
         c.error("container", image, "container image is empty (0 bytes); rebuild it (docs/containers.md)")
-    if shutil.which(ct.runtime) is None:
-        other = "apptainer" if ct.runtime == "singularity" else "singularity"
-        hint = (f" ({other} is on PATH: --set container.runtime={other})" if shutil.which(other) else
+    exe = get_runtime(ct.runtime).executable or ct.runtime
+    if shutil.which(exe) is None:
+        other = {"singularity": "apptainer", "apptainer": "singularity"}.get(ct.runtime)
+        hint = (f" ({other} is on PATH: --set container.runtime={other})" if other and shutil.which(other) else
                 f" (`module load {ct.runtime}` may provide it)")
         c.error("container", c.field("container.runtime"),
-                f"{ct.runtime} not found on PATH{hint}; login nodes sometimes lack it while compute nodes "
+                f"{exe} not found on PATH{hint}; login nodes sometimes lack it while compute nodes "
                 f"have it; for CPU/local runs use --set container.runtime=none")
     for b in ct.binds:
         if (why := path_problem(Path(b.src))) is not None:

@@ -334,7 +334,7 @@ class BindSpec(Strict):
 
 
 class ContainerSpec(Strict):
-    runtime: Literal["singularity", "apptainer", "none"] = "singularity"
+    runtime: Literal["singularity", "apptainer", "charliecloud", "none"] = "singularity"
     image: str | None = None
     binds: list[BindSpec] = Field(default_factory=list)
     gpu: StrictBool = Field(True, description="Pass --nv so the container sees the node's NVIDIA driver.")
@@ -342,7 +342,8 @@ class ContainerSpec(Strict):
     @model_validator(mode="after")
     def _image_needed(self) -> ContainerSpec:
         if self.runtime != "none" and not self.image:
-            raise ValueError(f"runtime {self.runtime} needs an image (a .sif file), or set runtime: none")
+            raise ValueError(f"runtime {self.runtime} needs an image (a .sif file; for charliecloud an "
+                             f"image folder), or set runtime: none")
         return self
 
 

@@ -6,6 +6,7 @@
 #    On failure: with CI=true the run stops here, loudly, with a non-zero exit; elsewhere
 #    HPCSEG_SLURM_SKIP_REASON is exported and the `slurm` tests are skipped with that reason.
 # 2. Headless Chromium (scripts/browser.sh up) for the report's browser test; CI=true fails without it.
+#    Charliecloud's tools (singularity/charliecloud/build.sh --tools: apt-get when missing).
 # 3. pytest from the repository root; its exit status is ours, except that 5 (no tests collected) is a
 #    failure too.
 #
@@ -58,6 +59,10 @@ elif [ "${CI:-}" = true ]; then
 else
     echo "run-tests: WARNING: no headless chromium -- the report's browser tests will be skipped" >&2
 fi
+
+# Charliecloud's tools (ch-run, mmdebstrap; apt-get when missing) for tests/test_charliecloud.py, which
+# builds or reuses its image itself; without them that test skips, or fails under CI=true.
+bash "$ROOT/singularity/charliecloud/build.sh" --tools || echo "run-tests: WARNING: Charliecloud tools unavailable" >&2
 
 "$PY" -m pytest -q -p no:cacheprovider --timeout=900 "$@"
 rc=$?

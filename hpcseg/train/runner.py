@@ -361,6 +361,7 @@ def _write_result(plan: TaskPlan, info: dict[str, Any], outcome: Outcome, starte
         "device": info.get("device"),
         "torch": info.get("torch"),
         "host": socket.gethostname(),
+        "python": sys.executable,  # inside a container, the image's interpreter (tests prove where it ran)
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "extra": outcome.extra,
     }
