@@ -26,6 +26,7 @@ import numpy as np
 
 from hpcseg.errors import HpcsegError
 from hpcseg.spec import JobSpec, TrainingSpec
+from hpcseg.train.distributed import Dist, per_rank_batch, shard
 from hpcseg.train.runner import (
     EXIT_DIVERGED,
     EXIT_OK,
@@ -64,8 +65,9 @@ class Diverged(Exception):  # noqa: N818 - a control-flow signal, not an error t
 class Trainer:
     """One model on one fold. ``info`` is shared with the runner, which writes result.json from it."""
 
-    def __init__(self, plan: TaskPlan, info: dict[str, Any], flag: StopFlag):
+    def __init__(self, plan: TaskPlan, info: dict[str, Any], flag: StopFlag, dist: Dist | None = None):
         self.plan, self.info, self.flag = plan, info, flag
+        self.dist = dist or Dist()
         self.spec, self.mspec, self.tr = plan.spec, plan.model, plan.spec.training
         self.task = self.spec.workload.task
         self.metric = self.spec.collection.metric
@@ -82,9 +84,10 @@ class Trainer:
         done = self.resume()
         if done is not None:
             return done
-        if self.flag.signal:
-            log.info("stopped (%s) before training; nothing new to save", self.flag.signal)
-            return Outcome("interrupted", EXIT_REQUEUE, f"{self.flag.signal} before training")
+        why, _ = self.dist.agree(self.flag.signal, False)
+        if why:
+            log.info("stopped (%s) before training; nothing new to save", why)
+            return Outcome("interrupted", EXIT_REQUEUE, f"{why} before training")
         try:
             for epoch in range(self.done_epochs + 1, self.tr.epochs + 1):
                 self.t0 = time.time()
@@ -106,7 +109,7 @@ class Trainer:
                 if self.es.stopped:
                     log.info("early stopping: no %s improvement over %d epoch(s)", self.metric, self.es.patience)
                     return self.finish("early_stopped")
-                why = self.should_stop(0.0)
+                why, _ = self.dist.agree(self.should_stop(0.0), False)
                 if why and epoch < self.tr.epochs:
                     log.info("stopped (%s) after epoch %d; checkpoint written, requeue to go on", why, epoch)
                     return Outcome("interrupted", EXIT_REQUEUE, f"{why} after epoch {epoch}")
@@ -126,8 +129,11 @@ class Trainer:
         from hpcseg.train.source import build as build_source
 
         spec, mspec, tr, plan, info = self.spec, self.mspec, self.tr, self.plan, self.info
-        torch, device, threads = setup_torch(spec)
+        dist = self.dist
+        torch, device, threads = setup_torch(spec, dist)
         self.torch, self.device = torch, device
+        dist.init(device.type)
+        per_rank_batch(tr.batch_size, dist.world)
         self.cols = cols = columns(self.task)
         if self.metric not in cols[1:-2]:
             raise HpcsegError(f"collection.metric {self.metric!r} is not a history column for {self.task}; "
@@ -138,10 +144,18 @@ class Trainer:
                  plan.fold, plan.task_dir)
         log.info("torch %s on %s, %d thread(s), deterministic=%s", torch.__version__, info["device"], threads,
                  tr.deterministic)
+        if dist.launched:
+            log.info("data parallel: %d process(es) (%d on this node), %s; global batch %d = %d per process",
+                     dist.world, dist.local_world, "nccl" if device.type == "cuda" else "gloo", tr.batch_size,
+                     tr.batch_size // dist.world)
 
         self.source = source = build_source(spec, device)
         names = source.names()
+        if not dist.is_main:
+            dist.barrier()  # rank 0 writes splits.json first; the others read it
         splits = ensure_splits(plan.splits_dir, spec, names=names)
+        if dist.is_main:
+            dist.barrier()
         self.train_idx, self.val_idx = fold_indices(splits, plan.fold, names)
         info.update(n_train=len(self.train_idx), n_val=len(self.val_idx))
         source.prepare(self.train_idx)
@@ -156,9 +170,17 @@ class Trainer:
         model = build_model(spec, mspec).to(device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        self._bare = model
         info["params"] = count_parameters(model)
         log.info("model: %s, %s parameters", type(model).__name__, f"{info['params']:,}")
+        if dist.launched:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if self.cuda:  # statistics over the global batch, as on one GPU (gloo has no SyncBatchNorm)
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                self._bare = model
+            model = DistributedDataParallel(model, device_ids=[device.index] if self.cuda else None)
+        self.model = model
         self.optimizer = make_optimizer(torch, model.parameters(), tr, device)
         counts = source.class_counts(self.train_idx) if "weighted_ce" in tr.loss.components else None
         self.loss_fn = build_loss(spec, counts)
@@ -209,6 +231,11 @@ class Trainer:
 
     def check_resume(self, state: dict[str, Any]) -> None:
         """Refuse a checkpoint this run cannot continue exactly (subclasses add their own checks)."""
+        written = int(state.get("world_size", 1))
+        if written != self.dist.world:
+            raise HpcsegError(f"{self.plan.task_dir}: its checkpoint was written by {written} training "
+                              f"process(es), this run has {self.dist.world}; resume with the same GPUs x nodes, "
+                              f"or train into a new folder")
 
     def train_epoch(self, epoch: int) -> Outcome | None:
         """Train one epoch (from the resumed batch if it is the first); sets ``self.train_loss``. Returns
@@ -220,65 +247,73 @@ class Trainer:
         self.lr = lr_at(tr, epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
-        loss_sum = torch.tensor(self.running["loss_sum"] if resumed else 0.0, dtype=torch.float64,
+        carry = resumed and self.dist.is_main  # the saved partial sums are global: counted once, by rank 0
+        loss_sum = torch.tensor(self.running["loss_sum"] if carry else 0.0, dtype=torch.float64,
                                 device=self.device)
-        seen = int(self.running["seen"]) if resumed else 0
+        seen = int(self.running["seen"]) if carry else 0
         first = self.start_batch if resumed else 0
         n_batches = self.num_batches()
         check_every = 16 if self.cuda else 1
         progress = _Progress(n_batches) if sys.stdout.isatty() and self.is_main else None
         self.model.train()
         last_batch_time = time.time()
-        for b, (x, y) in enumerate(self.train_batches(epoch, first), start=first):
-            loss, n = self.train_step(epoch, b, x, y)
+        for b, (x, y, weight) in enumerate(self.train_batches(epoch, first), start=first):
+            loss, n = self.train_step(epoch, b, x, y, weight)
             loss_sum += loss
             seen += n
-            if (b + 1) % check_every == 0 and not math.isfinite(float(loss_sum)):
-                raise Diverged(f"train loss became {float(loss_sum)} in epoch {epoch} by batch {b + 1}")
+            nonfinite = (b + 1) % check_every == 0 and not math.isfinite(float(loss_sum))
             now = time.time()
             batch_seconds, last_batch_time = now - last_batch_time, now
+            why = self.should_stop(batch_seconds) if b + 1 < n_batches else None
+            why, nonfinite = self.dist.agree(why, nonfinite)
+            if nonfinite:
+                raise Diverged(f"train loss became {_nonfinite(loss_sum)} in epoch {epoch} by batch {b + 1}")
             if progress:
                 progress.update(epoch, b + 1)
-            why = self.should_stop(batch_seconds) if b + 1 < n_batches else None
             if why:
-                if not math.isfinite(float(loss_sum)):
-                    raise Diverged(f"train loss became {float(loss_sum)} in epoch {epoch}")
+                total, total_seen = self.epoch_sums(loss_sum, seen)
+                if not math.isfinite(total):
+                    raise Diverged(f"train loss became {total} in epoch {epoch}")
                 self.info["train_seconds"] += now - self.t0
-                run = {"loss_sum": float(loss_sum), "seen": seen, "seconds": self.prior_seconds + now - self.t0}
+                run = {"loss_sum": total, "seen": total_seen, "seconds": self.prior_seconds + now - self.t0}
                 self.save(ckpt.LAST, self.checkpoint_state(epoch - 1, b + 1, run, None))
                 log.info("stopped (%s) after batch %d/%d of epoch %d; checkpoint written, requeue to go on",
                          why, b + 1, n_batches, epoch)
                 return Outcome("interrupted", EXIT_REQUEUE, f"{why} in epoch {epoch}")
-        self.train_loss = self.epoch_mean(loss_sum, seen)  # the epoch's one host sync
+        total, total_seen = self.epoch_sums(loss_sum, seen)  # the epoch's one host sync
+        self.train_loss = total / max(total_seen, 1)
         self.info.setdefault("speed", []).append(
-            (self.images(seen - (int(self.running["seen"]) if resumed else 0)), time.time() - self.t0))
+            (total_seen - (int(self.running["seen"]) if resumed else 0), time.time() - self.t0))
         if not math.isfinite(self.train_loss):
             raise Diverged(f"train loss became {self.train_loss} in epoch {epoch}")
         return None
 
-    def train_step(self, epoch: int, b: int, x, y) -> tuple[Any, int]:
-        """One optimiser step; returns (loss × items as a float64 device tensor, items)."""
+    def train_step(self, epoch: int, b: int, x, y, weight: float = 1.0) -> tuple[Any, int]:
+        """One optimiser step; returns (loss × items as a float64 device tensor, items). ``weight`` scales
+        the gradient so that the ranks' average is the global batch's mean (1.0 except for a short last
+        batch; 0.0 for a rank whose slice is empty and that trains on a stand-in item)."""
         from hpcseg.train.source import batch_seed
 
         torch = self.torch
-        torch.manual_seed(batch_seed(self.seed, epoch, b))
+        torch.manual_seed(batch_seed(self.seed, epoch, b) + self.dist.rank)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.amp:
             logits = self.model(x)
         loss = self.loss_fn(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * weight if weight != 1.0 else loss).backward()
         if self.tr.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tr.grad_clip)
         self.optimizer.step()
-        return loss.detach().double() * x.shape[0], x.shape[0]
+        n = x.shape[0] if weight else 0
+        return loss.detach().double() * n, n
 
     def validate(self) -> tuple[float, dict[str, float]]:
         """Validation loss and metrics over the fold's validation items."""
         from hpcseg.train.metrics import ConfusionMeter
 
-        torch, model = self.torch, self.model
+        torch, model = self.torch, self.bare_model  # no DDP wrapper: validation has no gradients to share
         model.eval()
         meter = ConfusionMeter(self.task, self.source.num_classes, self.device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -324,7 +359,7 @@ class Trainer:
     def finish(self, reason: str) -> Outcome:
         """Workload evaluation with the best weights, then the final outcome."""
         extra: dict[str, Any] = {}
-        if self.wants_evaluation():
+        if self.is_main and self.wants_evaluation():
             best = self.plan.task_dir / "checkpoint_best.pt"
             if best.exists():
                 state = self.torch.load(best, map_location=self.device, weights_only=True)
@@ -336,30 +371,61 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ helpers
 
-    is_main = True  # the process that writes files (always, without data parallelism)
+    @property
+    def is_main(self) -> bool:
+        """The process that writes files: rank 0 (always, without data parallelism)."""
+        return self.dist.is_main
 
     @property
     def bare_model(self):
-        """The model without any wrapper (what checkpoints store)."""
-        return self.model
+        """The model without the DDP wrapper (what checkpoints store and validation runs)."""
+        return self._bare
 
     def num_batches(self) -> int:
         return self.source.num_batches(self.train_idx, self.tr.batch_size, train=True)
 
     def train_batches(self, epoch: int, first: int):
-        return self.source.batches(self.train_idx, self.tr.batch_size, train=True, epoch=epoch, seed=self.seed,
-                                   start_batch=first)
+        """(x, y, gradient weight) per step: the global batch, or this rank's slice of it."""
+        batches = self.source.batches(self.train_idx, self.tr.batch_size, train=True, epoch=epoch, seed=self.seed,
+                                      start_batch=first)
+        if not self.dist.launched:
+            return ((x, y, 1.0) for x, y in batches)
+        return self._slices(batches, train=True)
 
     def val_batches(self):
-        return self.source.batches(self.val_idx, self.tr.batch_size, train=False, epoch=0, seed=0)
+        batches = self.source.batches(self.val_idx, self.tr.batch_size, train=False, epoch=0, seed=0)
+        if not self.dist.launched:
+            return batches
+        return ((x, y) for x, y, w in self._slices(batches, train=False) if w)
 
-    def epoch_mean(self, loss_sum, seen: int) -> float:
-        return float(loss_sum) / max(seen, 1)
+    def _slices(self, batches, train: bool):
+        """This rank's slice of every global batch, weighted so that DDP's average of the ranks' mean
+        losses is the global batch's mean. A rank left without items (a last batch shorter than the world)
+        trains on item 0 with weight 0, because every rank must join every gradient all-reduce."""
+        world, rank = self.dist.world, self.dist.rank
+        for x, y in batches:
+            n = x.shape[0]
+            start, stop = shard(n, rank, world)
+            if stop > start:
+                yield x[start:stop], y[start:stop], (stop - start) * world / n
+            elif train:
+                yield x[:1], y[:1], 0.0
 
-    def images(self, seen: int) -> int:
-        return seen
+    def epoch_sums(self, loss_sum, seen: int) -> tuple[float, int]:
+        """(sum of loss × items, items) over every rank: one host sync (and one all-reduce)."""
+        if not self.dist.launched:
+            return float(loss_sum), seen
+        t = self.torch.stack([loss_sum.double(), self.torch.tensor(float(seen), dtype=self.torch.float64,
+                                                                   device=loss_sum.device)])
+        self.dist.sum_(t)
+        return float(t[0]), int(round(float(t[1])))
 
     def reduce_validation(self, loss_sum, seen: int, meter) -> tuple[float, dict[str, float]]:
+        """Every rank ends with the same numbers: sums and the confusion matrix are all-reduced."""
+        if self.dist.launched:
+            total, seen = self.epoch_sums(loss_sum, seen)
+            self.dist.sum_(meter.matrix)
+            return total / max(seen, 1), meter.compute()
         return float(loss_sum) / max(seen, 1), meter.compute()
 
     def should_stop(self, batch_seconds: float) -> str | None:
@@ -379,18 +445,22 @@ class Trainer:
             "epoch": epoch_done, "batch": batch, "running": run, "lr": lr_at(self.tr, epoch_done + 1),
             "rng": ckpt.rng_state(), "early_stopping": self.es.state(), "last_row": last_row,
             "train_seconds": self.info["train_seconds"], "attempts": self.info["attempts"],
+            "world_size": self.dist.world,
         }
 
     def save(self, name: str, state: dict[str, Any]) -> None:
         from hpcseg.train import checkpoint as ckpt
 
+        if not self.is_main:
+            return
         if name == ckpt.LAST:
             ckpt.save_last(self.plan.task_dir, state)
         else:
             ckpt.save_atomic(state, self.plan.task_dir / name)
 
     def write_history(self, rows: list[dict[str, float]]) -> None:
-        rewrite_history(self.hist_path, rows, self.cols)
+        if self.is_main:
+            rewrite_history(self.hist_path, rows, self.cols)
 
     def log_epoch(self, epoch: int, row: dict[str, float], improved: bool) -> None:
         es = self.es
@@ -399,7 +469,7 @@ class Trainer:
                  "-" if es.best is None else _fmt(es.best), es.best_epoch, " *" if improved else "")
 
 
-def setup_torch(spec: JobSpec):
+def setup_torch(spec: JobSpec, dist: Dist | None = None):
     """Device, threads, determinism and seeds. Imported here so the CLI stays light for other verbs."""
     import torch
 
@@ -407,6 +477,13 @@ def setup_torch(spec: JobSpec):
     if want and want != "cpu" and not torch.cuda.is_available():
         raise HpcsegError(f"HPCSEG_DEVICE={want} but torch sees no CUDA device on this node")
     device = torch.device(want or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dist = dist or Dist()
+    if device.type == "cuda" and dist.launched:  # one GPU per process, by its rank on this node
+        if dist.local_rank >= torch.cuda.device_count():
+            raise HpcsegError(f"LOCAL_RANK={dist.local_rank} but this node shows {torch.cuda.device_count()} "
+                              f"GPU(s); start at most one process per GPU (torchrun --nproc-per-node)")
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -421,7 +498,8 @@ def setup_torch(spec: JobSpec):
         ceiling = int(os.environ.get("HPCSEG_MAX_THREADS", "0")) or cores
     except ValueError:
         ceiling = cores
-    threads = max(1, min(granted, cores, ceiling, os.cpu_count() or 1))
+    # the node's share is split between the processes torchrun started on it
+    threads = max(1, min(granted, cores, ceiling, os.cpu_count() or 1) // dist.local_world)
     torch.set_num_threads(threads)
     seed = spec.workload.seed
     random.seed(seed)
@@ -446,6 +524,11 @@ def make_optimizer(torch, params, tr: TrainingSpec, device):
     if tr.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay, **fused)
     return torch.optim.SGD(params, lr=tr.lr, momentum=0.9, nesterov=True, weight_decay=tr.weight_decay)
+
+
+def _nonfinite(loss_sum) -> str:
+    value = float(loss_sum)
+    return str(value) if not math.isfinite(value) else "nan on another process"
 
 
 def _fmt(v: float) -> str:

@@ -121,11 +121,27 @@ def _deadline(seconds: float | None, started: float) -> float | None:
 
 
 @contextmanager
-def task_logging(task_dir: Path):
+def task_logging(task_dir: Path, rank: int = 0):
     """Plain lines to stdout and to task_dir/train.log (appended across resumes).
 
     A task folder that cannot be made or written (read-only mount, a file in the way, no space) is one
-    clear line and exit 1 before anything else is touched, not a traceback from the first write."""
+    clear line and exit 1 before anything else is touched, not a traceback from the first write.
+    Data-parallel ranks other than 0 write no file and print only warnings and their own failure,
+    prefixed with their rank, so the scheduler's log is rank 0's story plus what went wrong elsewhere."""
+    if rank:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter(f"%(asctime)s rank {rank}: %(message)s", "%Y-%m-%d %H:%M:%S"))
+        old_level, old_propagate = log.level, log.propagate
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+        try:
+            yield
+        finally:
+            log.removeHandler(handler)
+            log.setLevel(old_level)
+            log.propagate = old_propagate
+        return
     try:
         task_dir.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(task_dir / LOG, encoding="utf-8")
@@ -294,13 +310,16 @@ class Outcome:
 
 def train(plan: TaskPlan) -> int:
     """Run (or resume) the task; returns the exit code. result.json is written on every way out."""
+    from hpcseg.train.distributed import from_env
+
     started = time.time()
-    with task_logging(plan.task_dir):
+    dist = from_env()
+    with task_logging(plan.task_dir, dist.rank):
         info: dict[str, Any] = {}
         flag = StopFlag()  # handlers first: a SIGUSR1 during data loading must not kill the task
         try:
             with stop_signals(flag):
-                outcome = _train(plan, info, flag)
+                outcome = _train(plan, info, flag, dist)
         except HpcsegError as exc:
             for line in exc.lines()[1:]:
                 log.info("%s", line)
@@ -315,7 +334,12 @@ def train(plan: TaskPlan) -> int:
                 message = f"{exc.__class__.__name__}: {exc}"
             log.info("failed: %s", message)
             outcome = Outcome("failed", EXIT_FAILED, message)
-        _write_result(plan, info, outcome, started)
+        if dist.is_main:
+            _write_result(plan, info, outcome, started)
+        elif outcome.reason == "failed":
+            log.warning("failed: %s", outcome.message)
+        if outcome.reason != "failed":
+            dist.close()  # every rank got here together; after a failure the launcher ends the others
         log.info("exit %d (%s)", outcome.code, outcome.reason)
         return outcome.code
 
@@ -375,9 +399,9 @@ def _speed(epochs: list[tuple[int, float]]) -> float | None:
     return round(sum(n for n, _ in use) / seconds, 2) if seconds > 0 else None
 
 
-def _train(plan: TaskPlan, info: dict[str, Any], flag: StopFlag) -> Outcome:
+def _train(plan: TaskPlan, info: dict[str, Any], flag: StopFlag, dist: Any = None) -> Outcome:
     """The loop itself lives in :mod:`hpcseg.train.loop` as a Trainer with hooks; a workload may register
     its own subclass there (e.g. to add an evaluation at the end)."""
     from hpcseg.train.loop import trainer_class
 
-    return trainer_class(plan.spec.workload.dataset.layout)(plan, info, flag).run()
+    return trainer_class(plan.spec.workload.dataset.layout)(plan, info, flag, dist).run()
