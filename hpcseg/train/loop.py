@@ -202,7 +202,7 @@ class Trainer:
                                   f"({state.get('arch')}), not {self.mspec.name} ({self.mspec.arch}); "
                                   f"use another folder")
             self.check_resume(state)
-            self.model.load_state_dict(state["model"])
+            self.bare_model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             ckpt.set_rng_state(state["rng"])
             self.done_epochs, self.start_batch = int(state["epoch"]), int(state["batch"])
