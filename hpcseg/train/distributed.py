@@ -54,7 +54,11 @@ class Dist:
         import torch.distributed as dist
 
         backend = "nccl" if device_type == "cuda" else "gloo"
-        timeout = datetime.timedelta(seconds=float(os.environ.get("HPCSEG_DIST_TIMEOUT", "1800")))
+        raw = os.environ.get("HPCSEG_DIST_TIMEOUT", "1800")
+        try:
+            timeout = datetime.timedelta(seconds=float(raw))
+        except ValueError:
+            raise HpcsegError(f"HPCSEG_DIST_TIMEOUT={raw!r}: expected seconds, e.g. 1800") from None
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=timeout)
         self.control = dist.new_group(backend="gloo") if backend == "nccl" else dist.group.WORLD
