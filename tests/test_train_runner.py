@@ -306,3 +306,30 @@ def test_sigkill_mid_run_then_resume_records_every_epoch_once(world, tmp_path):
     assert rerun.returncode == 0, output
     assert [r["epoch"] for r in history(out)] == ["1", "2", "3", "4", "5"]
     assert_same_history(out, world["refs"][5])
+
+
+# --------------------------------------------------------------------------------------------- hooks
+
+
+from hpcseg.train.loop import Trainer  # noqa: E402
+
+
+class EvaluatingTrainer(Trainer):
+    """A workload's Trainer that adds its own evaluation with the best weights, without touching the loop."""
+
+    def evaluate(self):
+        extra = super().evaluate()
+        _, metrics = self.validate()  # finish() loaded the best weights
+        return {**extra, "best_weights_jaccard": metrics["jaccard"], "epochs_seen": len(self.rows)}
+
+
+def test_a_workload_adds_its_evaluation_by_overriding_a_hook(world, tmp_path, monkeypatch):
+    from hpcseg.train import loop
+
+    monkeypatch.setitem(loop.TRAINERS, "microbead", f"{__name__}:EvaluatingTrainer")
+    out = tmp_path / "task"
+    assert main(["train", str(world["jobs"][3]), "--out", str(out)]) == 0
+    res = result(out)
+    assert res["extra"]["epochs_seen"] == 3
+    assert res["extra"]["best_weights_jaccard"] == pytest.approx(res["best_value"], abs=1e-6)
+    assert_same_history(out, world["refs"][3])

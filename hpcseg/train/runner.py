@@ -18,18 +18,15 @@ import io
 import logging
 import math
 import os
-import random
 import signal
 import socket
 import sys
 import time
 import traceback
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from hpcseg.errors import HpcsegError
 from hpcseg.fsutil import write_json_atomic, write_text_atomic
@@ -124,11 +121,27 @@ def _deadline(seconds: float | None, started: float) -> float | None:
 
 
 @contextmanager
-def task_logging(task_dir: Path):
+def task_logging(task_dir: Path, rank: int = 0):
     """Plain lines to stdout and to task_dir/train.log (appended across resumes).
 
     A task folder that cannot be made or written (read-only mount, a file in the way, no space) is one
-    clear line and exit 1 before anything else is touched, not a traceback from the first write."""
+    clear line and exit 1 before anything else is touched, not a traceback from the first write.
+    Data-parallel ranks other than 0 write no file and print only warnings and their own failure,
+    prefixed with their rank, so the scheduler's log is rank 0's story plus what went wrong elsewhere."""
+    if rank:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter(f"%(asctime)s rank {rank}: %(message)s", "%Y-%m-%d %H:%M:%S"))
+        old_level, old_propagate = log.level, log.propagate
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+        try:
+            yield
+        finally:
+            log.removeHandler(handler)
+            log.setLevel(old_level)
+            log.propagate = old_propagate
+        return
     try:
         task_dir.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(task_dir / LOG, encoding="utf-8")
@@ -297,13 +310,16 @@ class Outcome:
 
 def train(plan: TaskPlan) -> int:
     """Run (or resume) the task; returns the exit code. result.json is written on every way out."""
+    from hpcseg.train.distributed import from_env
+
     started = time.time()
-    with task_logging(plan.task_dir):
+    dist = from_env()
+    with task_logging(plan.task_dir, dist.rank):
         info: dict[str, Any] = {}
         flag = StopFlag()  # handlers first: a SIGUSR1 during data loading must not kill the task
         try:
             with stop_signals(flag):
-                outcome = _train(plan, info, flag)
+                outcome = _train(plan, info, flag, dist)
         except HpcsegError as exc:
             for line in exc.lines()[1:]:
                 log.info("%s", line)
@@ -318,7 +334,12 @@ def train(plan: TaskPlan) -> int:
                 message = f"{exc.__class__.__name__}: {exc}"
             log.info("failed: %s", message)
             outcome = Outcome("failed", EXIT_FAILED, message)
-        _write_result(plan, info, outcome, started)
+        if dist.is_main:
+            _write_result(plan, info, outcome, started)
+        elif outcome.reason == "failed":
+            log.warning("failed: %s", outcome.message)
+        if outcome.reason != "failed":
+            dist.close()  # every rank got here together; after a failure the launcher ends the others
         log.info("exit %d (%s)", outcome.code, outcome.reason)
         return outcome.code
 
@@ -379,297 +400,9 @@ def _speed(epochs: list[tuple[int, float]]) -> float | None:
     return round(sum(n for n, _ in use) / seconds, 2) if seconds > 0 else None
 
 
-def _setup_torch(spec: JobSpec):
-    """Device, threads, determinism and seeds. Imported here so the CLI stays light for other verbs."""
-    import torch
+def _train(plan: TaskPlan, info: dict[str, Any], flag: StopFlag, dist: Any = None) -> Outcome:
+    """The loop itself lives in :mod:`hpcseg.train.loop` as a Trainer with hooks; a workload may register
+    its own subclass there (e.g. to add an evaluation at the end)."""
+    from hpcseg.train.loop import trainer_class
 
-    want = os.environ.get("HPCSEG_DEVICE", "").strip().lower()
-    if want and want != "cpu" and not torch.cuda.is_available():
-        raise HpcsegError(f"HPCSEG_DEVICE={want} but torch sees no CUDA device on this node")
-    device = torch.device(want or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    try:
-        granted = int(os.environ.get("HPCSEG_CPUS", spec.resources.cpus))
-    except ValueError:
-        granted = spec.resources.cpus
-    # HPCSEG_MAX_THREADS: a site's (or the local test cluster's TaskProlog) word on the real share of cores,
-    # for nodes that advertise more CPUs than they have; oversubscribed spinning threads cost 5x here.
-    try:
-        ceiling = int(os.environ.get("HPCSEG_MAX_THREADS", "0")) or cores
-    except ValueError:
-        ceiling = cores
-    threads = max(1, min(granted, cores, ceiling, os.cpu_count() or 1))
-    torch.set_num_threads(threads)
-    seed = spec.workload.seed
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if device.type == "cuda":
-        # Bit-exact resume is a CPU guarantee; on a GPU `deterministic` pins cuDNN's algorithm choice (same
-        # kernels before and after a requeue) without forcing slow deterministic fallbacks everywhere.
-        torch.backends.cudnn.benchmark = not spec.training.deterministic
-        torch.backends.cudnn.deterministic = spec.training.deterministic
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    elif spec.training.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    return torch, device, threads
-
-
-def _make_optimizer(torch, params, tr: TrainingSpec, device):
-    fused = {"fused": True} if device.type == "cuda" else {}
-    if tr.optimizer == "adam":
-        return torch.optim.Adam(params, lr=tr.lr, weight_decay=tr.weight_decay, **fused)
-    if tr.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay, **fused)
-    return torch.optim.SGD(params, lr=tr.lr, momentum=0.9, nesterov=True, weight_decay=tr.weight_decay)
-
-
-def _train(plan: TaskPlan, info: dict[str, Any], flag: StopFlag) -> Outcome:
-    spec, mspec, tr = plan.spec, plan.model, plan.spec.training
-    task = spec.workload.task
-    torch, device, threads = _setup_torch(spec)
-    from hpcseg.splits import ensure_splits, fold_indices
-    from hpcseg.train import checkpoint as ckpt
-    from hpcseg.train.losses import build_loss
-    from hpcseg.train.metrics import ConfusionMeter, columns
-    from hpcseg.train.models import build_model, count_parameters
-    from hpcseg.train.source import batch_seed
-    from hpcseg.train.source import build as build_source
-
-    cols = columns(task)
-    metric = spec.collection.metric
-    if metric not in cols[1:-2]:
-        raise HpcsegError(f"collection.metric {metric!r} is not a history column for {task}; "
-                          f"choose one of {', '.join(cols[1:-2])}")
-    gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    info.update(device=f"{device}{f' ({gpu_name})' if gpu_name else ''}", torch=torch.__version__)
-    log.info("hpcseg train: job %s, model %s (%s), fold %d -> %s", spec.name, mspec.name, mspec.arch, plan.fold,
-             plan.task_dir)
-    log.info("torch %s on %s, %d thread(s), deterministic=%s", torch.__version__, info["device"], threads,
-             tr.deterministic)
-
-    source = build_source(spec, device)
-    names = source.names()
-    splits = ensure_splits(plan.splits_dir, spec, names=names)
-    train_idx, val_idx = fold_indices(splits, plan.fold, names)
-    info.update(n_train=len(train_idx), n_val=len(val_idx))
-    source.prepare(train_idx)
-    log.info("data: %s; split %s (%s), fold %d: %d train, %d val", source.describe(), splits.get("method_used"),
-             splits.get("fallback_reason") or "as asked", plan.fold, len(train_idx), len(val_idx))
-    if len(train_idx) == 0 or len(val_idx) == 0:
-        raise HpcsegError(f"fold {plan.fold} has {len(train_idx)} training and {len(val_idx)} validation items")
-
-    model = build_model(spec, mspec).to(device)
-    cuda = device.type == "cuda"
-    channels_last = cuda
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    info["params"] = count_parameters(model)
-    log.info("model: %s, %s parameters", type(model).__name__, f"{info['params']:,}")
-    optimizer = _make_optimizer(torch, model.parameters(), tr, device)
-    counts = source.class_counts(train_idx) if "weighted_ce" in tr.loss.components else None
-    loss_fn = build_loss(spec, counts)
-    es = EarlyStopping(spec.collection.mode, tr.early_stopping.patience, tr.early_stopping.min_delta)
-    info["es"] = es
-
-    # ---- resume
-    hist_path = plan.task_dir / HISTORY
-    state = ckpt.load_resume(plan.task_dir)
-    done_epochs, start_batch, running = 0, 0, {"loss_sum": 0.0, "seen": 0, "seconds": 0.0}
-    if state is not None:
-        if state.get("arch") != mspec.arch or state.get("model_name") != mspec.name:
-            raise HpcsegError(f"{plan.task_dir}: its checkpoint is for model {state.get('model_name')} "
-                              f"({state.get('arch')}), not {mspec.name} ({mspec.arch}); use another folder")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        ckpt.set_rng_state(state["rng"])
-        done_epochs, start_batch = int(state["epoch"]), int(state["batch"])
-        running = dict(state["running"])
-        for k, v in state["early_stopping"].items():
-            setattr(es, k, v)
-        info["train_seconds"] = float(state.get("train_seconds", 0.0))
-        info["attempts"] = int(state.get("attempts", 1)) + 1
-        rows = [r for r in read_history(hist_path, cols) if r["epoch"] <= done_epochs]
-        if state.get("last_row") and (not rows or rows[-1]["epoch"] < done_epochs):
-            rows.append(dict(state["last_row"]))  # killed between checkpoint and history row
-        rewrite_history(hist_path, rows, cols)
-        log.info("resuming after epoch %d%s (attempt %d)", done_epochs,
-                 f", batch {start_batch} of epoch {done_epochs + 1}" if start_batch else "", info["attempts"])
-    else:
-        rows = []
-        rewrite_history(hist_path, rows, cols)
-    info["rows"] = rows
-    info.setdefault("train_seconds", 0.0)
-    info.setdefault("attempts", 1)
-    if es.stopped or done_epochs >= tr.epochs:
-        log.info("nothing to do: the task had already finished")
-        return Outcome("early_stopped" if es.stopped else "completed", EXIT_OK)
-
-    # ---- loop
-    seed = spec.workload.seed
-    bs = tr.batch_size
-    n_batches = source.num_batches(train_idx, bs, train=True)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and tr.mixed_precision else nullcontext()
-    check_every = 16 if cuda else 1
-    if flag.signal:
-        log.info("stopped (%s) before training; nothing new to save", flag.signal)
-        return Outcome("interrupted", EXIT_REQUEUE, f"{flag.signal} before training")
-    progress = _Progress(n_batches) if sys.stdout.isatty() else None
-
-    def checkpoint_state(epoch_done: int, batch: int, run: dict[str, Any], last_row: dict | None) -> dict:
-        return {
-            "format": 1, "arch": mspec.arch, "model_name": mspec.name, "fold": plan.fold,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "epoch": epoch_done, "batch": batch, "running": run, "lr": lr_at(tr, epoch_done + 1),
-            "rng": ckpt.rng_state(), "early_stopping": es.state(), "last_row": last_row,
-            "train_seconds": info["train_seconds"], "attempts": info["attempts"],
-        }
-
-    def should_stop(batch_seconds: float) -> str | None:
-        if flag.signal:
-            return flag.signal
-        if plan.deadline is not None and time.time() + batch_seconds >= plan.deadline:
-            return "deadline"
-        return None
-
-    for epoch in range(done_epochs + 1, tr.epochs + 1):
-        lr = lr_at(tr, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        t0 = time.time()
-        prior_seconds = running["seconds"] if epoch == done_epochs + 1 else 0.0
-        loss_sum = torch.tensor(running["loss_sum"] if epoch == done_epochs + 1 else 0.0,
-                                dtype=torch.float64, device=device)
-        seen = int(running["seen"]) if epoch == done_epochs + 1 else 0
-        first = start_batch if epoch == done_epochs + 1 else 0
-        model.train()
-        b = first
-        last_batch_time = time.time()
-        batch_seconds = 0.0
-        for b, (x, y) in enumerate(source.batches(train_idx, bs, train=True, epoch=epoch, seed=seed,
-                                                  start_batch=first), start=first):
-            torch.manual_seed(batch_seed(seed, epoch, b))
-            if channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with amp:
-                logits = model(x)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tr.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
-            optimizer.step()
-            loss_sum += loss.detach().double() * x.shape[0]
-            seen += x.shape[0]
-            if (b + 1) % check_every == 0 and not math.isfinite(float(loss_sum)):
-                return _diverged(f"train loss became {float(loss_sum)} in epoch {epoch} by batch {b + 1}")
-            now = time.time()
-            batch_seconds, last_batch_time = now - last_batch_time, now
-            if progress:
-                progress.update(epoch, b + 1)
-            why = should_stop(batch_seconds) if b + 1 < n_batches else None
-            if why:
-                if not math.isfinite(float(loss_sum)):
-                    return _diverged(f"train loss became {float(loss_sum)} in epoch {epoch}")
-                info["train_seconds"] += now - t0
-                run = {"loss_sum": float(loss_sum), "seen": seen, "seconds": prior_seconds + now - t0}
-                ckpt.save_last(plan.task_dir, checkpoint_state(epoch - 1, b + 1, run, None))
-                log.info("stopped (%s) after batch %d/%d of epoch %d; checkpoint written, requeue to go on",
-                         why, b + 1, n_batches, epoch)
-                return Outcome("interrupted", EXIT_REQUEUE, f"{why} in epoch {epoch}")
-        train_loss = float(loss_sum) / max(seen, 1)  # the epoch's one host sync
-        info.setdefault("speed", []).append((seen - (int(running["seen"]) if epoch == done_epochs + 1 else 0),
-                                             time.time() - t0))
-        if not math.isfinite(train_loss):
-            return _diverged(f"train loss became {train_loss} in epoch {epoch}")
-
-        val_loss, metrics = _validate(torch, model, source, val_idx, bs, loss_fn, task, device, channels_last,
-                                      amp, ConfusionMeter)
-        if not math.isfinite(val_loss):
-            return _diverged(f"validation loss became {val_loss} in epoch {epoch}")
-        seconds = prior_seconds + time.time() - t0
-        info["train_seconds"] += time.time() - t0
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-               **{f"val_{k}": v for k, v in metrics.items()}, "lr": lr, "epoch_seconds": seconds}
-        improved = es.update(row[metric], epoch)
-        if improved:
-            ckpt.save_atomic({"model": model.state_dict(), "epoch": epoch, "metric": metric,
-                              "value": row[metric], "arch": mspec.arch, "model_name": mspec.name},
-                             plan.task_dir / ckpt.BEST)
-        ckpt.save_last(plan.task_dir, checkpoint_state(epoch, 0, {"loss_sum": 0.0, "seen": 0, "seconds": 0.0},
-                                                       row))
-        append_history(hist_path, row, cols)
-        rows.append(row)
-        log.info("epoch %d/%d %s best %s=%s@%s%s", epoch, tr.epochs,
-                 " ".join(f"{c}={_fmt(row[c])}" for c in cols[1:]), metric,
-                 "-" if es.best is None else _fmt(es.best), es.best_epoch, " *" if improved else "")
-        if es.stopped:
-            log.info("early stopping: no %s improvement over %d epoch(s)", metric, es.patience)
-            return _finish(torch, plan, model, source, val_idx, "early_stopped", device)
-        why = should_stop(0.0)
-        if why and epoch < tr.epochs:
-            log.info("stopped (%s) after epoch %d; checkpoint written, requeue to go on", why, epoch)
-            return Outcome("interrupted", EXIT_REQUEUE, f"{why} after epoch {epoch}")
-    return _finish(torch, plan, model, source, val_idx, "completed", device)
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.3g}" if abs(v) < 1e-3 and v != 0 else f"{v:.4f}"
-
-
-def _diverged(message: str) -> Outcome:
-    log.info("diverged: %s; stopping (lower training.lr or set training.grad_clip)", message)
-    return Outcome("diverged", EXIT_DIVERGED, message)
-
-
-def _validate(torch, model, source, val_idx, bs, loss_fn, task, device, channels_last, amp, meter_cls):
-    model.eval()
-    meter = meter_cls(task, source.num_classes, device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    seen = 0
-    with torch.inference_mode():
-        for x, y in source.batches(val_idx, bs, train=False, epoch=0, seed=0):
-            if channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with amp:
-                logits = model(x)
-            logits = logits.float()
-            loss_sum += loss_fn(logits, y).double() * x.shape[0]
-            seen += x.shape[0]
-            meter.update(logits, y)
-    return float(loss_sum) / max(seen, 1), meter.compute()
-
-
-def _finish(torch, plan: TaskPlan, model, source, val_idx, reason: str, device) -> Outcome:
-    """Workload extras (e.g. calibration) with the best weights, then the final outcome."""
-    extra: dict[str, Any] = {}
-    best = plan.task_dir / "checkpoint_best.pt"
-    if type(source).extra_results is not _base_extra():
-        if best.exists():
-            model.load_state_dict(torch.load(best, map_location=device, weights_only=True)["model"])
-        model.eval()
-        extra = source.extra_results(model, val_idx, plan.spec.training.batch_size) or {}
-    log.info("finished (%s)", reason)
-    return Outcome(reason, EXIT_OK, None, extra)
-
-
-def _base_extra():
-    from hpcseg.train.source import Source
-
-    return Source.extra_results
-
-
-class _Progress:
-    """A one-line batch counter for interactive terminals (batch logs get one line per epoch only)."""
-
-    def __init__(self, total: int):
-        self.total = total
-
-    def update(self, epoch: int, batch: int) -> None:
-        text = f"  epoch {epoch}: batch {batch}/{self.total}"
-        sys.stdout.write("\r" + (text if batch < self.total else " " * len(text)) + "\r")
-        sys.stdout.flush()
+    return trainer_class(plan.spec.workload.dataset.layout)(plan, info, flag, dist).run()
