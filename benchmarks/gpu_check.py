@@ -50,9 +50,9 @@ def _ms_per_step(fn, x, reps: int, cuda: bool) -> float:
 
 def check_mamba(smoke: bool) -> list[Row]:
     import torch
+    from hpcseg.train.models_ssmu import MambaRef, mamba_reference_forward
 
     from hpcseg.train import models_ssmu
-    from hpcseg.train.models_ssmu import MambaRef, mamba_reference_forward
 
     cuda = torch.cuda.is_available() and not smoke
     dev = torch.device("cuda" if cuda else "cpu")

@@ -3,8 +3,9 @@
 :meth:`Trainer.run` is the fixed order of things (setup, resume, then per epoch train_epoch, validate,
 checkpoint; finish at the end); each step is a method a workload may override without copying the loop.
 A workload that wants its own evaluation with the best weights overrides :meth:`Trainer.evaluate` (its
-return value lands in result.json's ``extra``) and registers its class in :data:`TRAINERS`; by default
-``evaluate`` asks the source's ``extra_results``.
+return value lands in result.json's ``extra``) and names it ``Trainer`` in its ``train`` module, where
+:func:`trainer_class` finds it through the workload registry; by default ``evaluate`` asks the source's
+``extra_results``.
 
 The guarantees of :mod:`hpcseg.train.runner` hold here: batch order, augmentation and dropout are pure
 functions of (seed, epoch, batch), a stop (signal or deadline) is honoured at the next batch boundary
@@ -44,18 +45,24 @@ from hpcseg.train.runner import (
 
 log = logging.getLogger("hpcseg.train")
 
-#: ``dataset.layout`` -> ``"module:Class"`` of a :class:`Trainer` subclass; layouts not listed use Trainer.
+#: ``dataset.layout`` -> ``"module:Class"``: overrides for tests and plug-ins, looked at before the registry.
 TRAINERS: dict[str, str] = {}
 
 
 def trainer_class(layout: str) -> type[Trainer]:
-    """The registered trainer for a layout (imported lazily, like the sources), else :class:`Trainer`."""
+    """The layout's trainer: a registered override, else the ``Trainer`` its workload's ``train`` module
+    defines (the module is imported for the data source anyway), else :class:`Trainer` itself."""
     target = TRAINERS.get(layout)
-    if target is None:
-        return Trainer
-    from hpcseg.train.models import resolve
+    if target is not None:
+        from hpcseg.train.models import resolve
 
-    return resolve(target, f"trainer for dataset layout {layout}")
+        return resolve(target, f"trainer for dataset layout {layout}")
+    from hpcseg.workloads import registry
+
+    if layout not in registry.WORKLOADS:
+        return Trainer
+    custom = getattr(registry.part(layout, "train"), "Trainer", None)
+    return custom if isinstance(custom, type) and issubclass(custom, Trainer) else Trainer
 
 
 class Diverged(Exception):  # noqa: N818 - a control-flow signal, not an error to report
