@@ -353,7 +353,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         """Workload extras for result.json's ``extra``, with the best weights loaded and the model in eval
-        mode. The default asks the source (e.g. ham10000's calibration); a workload's Trainer overrides it."""
+        mode. The default asks the source (e.g. a classifier's calibration); a workload's Trainer overrides it."""
         return self.source.extra_results(self.bare_model, self.val_idx, self.tr.batch_size) or {}
 
     def wants_evaluation(self) -> bool:
