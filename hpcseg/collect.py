@@ -16,7 +16,6 @@ import json
 import math
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,67 +39,26 @@ from hpcseg.compare import (
 )
 from hpcseg.errors import EXIT_FAILED, HpcsegError
 from hpcseg.fsutil import write_text_atomic
-from hpcseg.history import (
+from hpcseg.runs import Run, find_run, runs_root
+from hpcseg.spec import Task
+from hpcseg.taskfiles import (
     RESULT_STATUSES,
     History,
+    TaskResult,
+    _json_num,
+    human_duration,
     keras_model_name,
     read_history,
     read_keras_history,
     read_summary,
     read_task_status,
 )
-from hpcseg.runs import Run, find_run, runs_root
-from hpcseg.spec import Task
 
 SUMMARY_CSV = "training_summary.csv"
 CV_JSON = "cv_results.json"
 COMPARISON_MD = "comparison.md"
 PLOTS_DIR = "plots"
 STD_DDOF = 1  # sample standard deviation over folds: the folds are a sample of possible splits
-
-
-@dataclass
-class TaskResult:
-    """One model × fold, as read from its folder."""
-
-    index: int
-    model: str
-    fold: int
-    status: str
-    reason: str | None = None
-    exit_code: int | None = None
-    best_epoch: int | None = None
-    best: float | None = None
-    final: float | None = None
-    epochs_run: int = 0
-    train_time_s: float | None = None
-    flags: list[str] = field(default_factory=list)
-    history: History | None = None  # kept in memory for the plots; never serialised
-
-    def row(self, metric: str) -> dict[str, Any]:
-        """The JSON form (NaN and inf become None, as JSON has neither)."""
-        return {
-            "model": self.model, "fold": self.fold, "index": self.index, "status": self.status,
-            "best_epoch": self.best_epoch, f"best_{metric}": _json_num(self.best),
-            f"final_{metric}": _json_num(self.final), "epochs_run": self.epochs_run,
-            "train_time": _json_num(self.train_time_s), "train_time_human": human_duration(self.train_time_s),
-            "flags": list(self.flags), "reason": self.reason, "exit_code": self.exit_code,
-        }
-
-
-def _json_num(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
-def human_duration(seconds: float | None) -> str:
-    """45s, 12.5m, 2.3h: the seed's ``train_time`` column."""
-    if seconds is None or not math.isfinite(seconds):
-        return ""
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 # --------------------------------------------------------------------------------------------- per task

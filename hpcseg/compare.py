@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from hpcseg.errors import HpcsegError
-from hpcseg.history import task_finished
 from hpcseg.runs import MANIFEST, Run, list_runs, open_run
+from hpcseg.taskfiles import task_finished
 
 # A run whose validation metric ends below a quarter of its peak, for at least the last 3 epochs, has
 # collapsed (seed 004: 0.14 → 0.0). A dip that recovers, or a plateau, is not a collapse.

@@ -24,16 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from hpcseg.errors import HpcsegError
 from hpcseg.fsutil import read_json, write_json_atomic
+from hpcseg.taskfiles import EVENTS, count_requeues  # noqa: F401  (EVENTS: re-exported for submit)
 
 if TYPE_CHECKING:  # imported lazily: `hpcseg status` reads manifests as JSON and need not build the schema
     from hpcseg.spec import JobSpec, LoadedJob, Task
 
 MANIFEST = "manifest.json"
-EVENTS = "events.log"
-# events.log lines that mean "this element went back to the queue": the job script's own requeue and
-# submitit's; a requeue that scontrol refused is logged as failed and taken back off the count.
-REQUEUE_MARKS = ("requeueing ", "submitit requeues")
-REQUEUE_FAILED = "scontrol requeue failed"
+
 
 
 def runs_root(override: str | None = None) -> Path:
@@ -117,18 +114,6 @@ def manifest_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def count_requeues(task_dir: Path) -> int:
-    """In-job requeues of one task, from its events.log: the job script appends a line on the node for
-    each requeue (it must not rewrite the shared manifest there), so this file is the source of truth."""
-    try:
-        text = (task_dir / EVENTS).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return 0
-    lines = text.splitlines()
-    n = sum(1 for ln in lines if any(mark in ln for mark in REQUEUE_MARKS))
-    return max(0, n - sum(1 for ln in lines if REQUEUE_FAILED in ln))
 
 
 def record_requeues(run: Run) -> dict[str, int]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -26,14 +25,18 @@ from typing import Any
 from hpcseg.errors import EXIT_SCHEDULER, HpcsegError, SchedulerError
 from hpcseg.runs import Run, find_run, list_runs, record_requeues, resubmit_counts, runs_root
 from hpcseg.schedulers.base import ENDED, JobState
+from hpcseg.taskfiles import (  # noqa: F401  (Progress, TAIL_LINES: re-exported for older callers)
+    EXIT_MEANING,
+    TAIL_LINES,
+    Progress,
+    read_exit_code,
+    read_progress,
+    tail,
+)
 
 RECENT = 20
-TAIL_LINES = 5
 # A job can take a few seconds to reach accounting; until then "not listed" means "not started yet".
 LISTING_GRACE_S = 300
-EXIT_MEANING = {0: "finished", 1: "failed", 2: "bad input", 4: "diverged",
-                75: "interrupted after checkpoint; hpcseg resubmit resumes it", 127: "command not found",
-                137: "killed (KILL)", 143: "terminated (TERM)"}
 
 
 @dataclass
@@ -75,74 +78,6 @@ class TaskStatus:
 TASK_FIELDS = [f.name for f in fields(TaskStatus)]
 
 # --------------------------------------------------------------------------------------------- files
-
-
-def read_exit_code(task_dir: Path) -> int | None:
-    try:
-        with open(task_dir / "exit_code", "rb") as fh:
-            return int(fh.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-@dataclass
-class Progress:
-    epoch: int | None = None
-    last: float | None = None
-    best: float | None = None
-    mean_epoch_s: float | None = None
-    total_s: float = 0.0
-
-
-def read_progress(path: Path, metric: str, mode: str) -> Progress:
-    """The history's last complete row and best metric; a last line cut by a kill is ignored.
-
-    One split per line and one float() per needed cell: 3000 histories must read in a fraction of a second.
-    """
-    try:
-        with open(path, "rb") as fh:
-            text = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return Progress()
-    lines = text.split("\n")
-    if len(lines) < 2:
-        return Progress()
-    header = lines[0].strip().split(",")
-    n = len(header)
-    rows = [c for c in (ln.split(",") for ln in lines[1:-1]) if len(c) == n]  # lines[-1]: "" or a cut line
-    col = {name: i for i, name in enumerate(header)}
-    ie, im, isec = col.get("epoch"), col.get(metric), col.get("epoch_seconds")
-    out = Progress()
-    if not rows:
-        return out
-    try:
-        if ie is not None:
-            out.epoch = int(float(rows[-1][ie]))
-        if im is not None:
-            vals = [float(r[im]) for r in rows if r[im].strip() not in ("", "nan")]
-            if vals:
-                out.last, out.best = vals[-1], (max(vals) if mode == "max" else min(vals))
-        if isec is not None:
-            secs = [float(r[isec]) for r in rows if r[isec].strip()]
-            if secs:
-                out.total_s = sum(secs)
-                out.mean_epoch_s = out.total_s / len(secs)
-    except ValueError:
-        pass  # a garbled cell: keep what was read before it
-    return out
-
-
-def tail(path: Path, n: int = TAIL_LINES) -> list[str]:
-    """Last ``n`` non-empty lines of a (possibly large) log, reading only its end."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 16384))
-            data = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    return [ln.rstrip() for ln in data.splitlines() if ln.strip()][-n:]
 
 
 def _backend(name: str) -> Any:

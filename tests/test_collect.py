@@ -33,9 +33,9 @@ from hpcseg.compare import (
     normalize_name,
     verdict,
 )
-from hpcseg.history import canonical_metric, read_history, read_keras_history, read_summary
 from hpcseg.runs import Run, create_run
 from hpcseg.spec import load_job, with_absolute_paths
+from hpcseg.taskfiles import canonical_metric, read_history, read_keras_history, read_summary
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ["epoch", "train_loss", "val_loss", "val_jaccard", "val_dice", "val_precision", "val_recall", "lr",
@@ -484,7 +484,7 @@ def test_plots_are_valid_pngs(tmp_path):
 
 
 def test_importing_collect_does_not_import_torch_or_matplotlib():
-    code = ("import sys, hpcseg.collect, hpcseg.compare, hpcseg.history; "
+    code = ("import sys, hpcseg.collect, hpcseg.compare, hpcseg.taskfiles; "
             "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
