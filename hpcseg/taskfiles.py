@@ -761,3 +761,41 @@ def human_duration(seconds: float | None) -> str:
     if seconds < 90 * 60:
         return f"{seconds / 60:.1f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+# --------------------------------------------------------------------------------------------- one task, for status
+
+
+@dataclass
+class TaskView:
+    """What ``hpcseg status`` needs from a task's files, in one read (and one cache entry)."""
+
+    exit_code: int | None = None
+    epoch: int | None = None
+    last: float | None = None
+    best: float | None = None
+    mean_epoch_s: float | None = None
+    total_s: float = 0.0
+    partial: bool = False
+    requeues: int = 0
+    damage: list[str] = field(default_factory=list)
+
+    @property
+    def progress(self) -> Progress:
+        return Progress(self.epoch, self.last, self.best, self.mean_epoch_s, self.total_s, self.partial)
+
+
+def read_task_view(task_dir: str, metric: str, mode: str, label: str | None = None) -> TaskView:
+    """Exit code, progress, requeues and damage of one task folder; never raises on what is on disk."""
+    problem = check_task_dir(Path(task_dir))
+    if problem:
+        return TaskView(damage=[problem])
+    code, bad_code = exit_code_of(Path(task_dir))
+    label = label or task_dir
+    try:
+        t = read_last_rows(os.path.join(task_dir, HISTORY), f"{label}/{HISTORY}")
+        prog = progress_of(t, metric, mode)
+    except FileNotFoundError:
+        prog = Progress()
+    return TaskView(code, prog.epoch, prog.last, prog.best, prog.mean_epoch_s, prog.total_s, prog.partial,
+                    count_requeues(Path(task_dir)), [p for p in [bad_code] if p] + prog.damage)
