@@ -154,8 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = getattr(importlib.import_module(module), func)
         return int(handler(args) or 0)
     except HpcsegError as exc:
+        from hpcseg.printable import printable  # names and paths in messages are shown, never obeyed
+
         for i, line in enumerate(exc.lines()):
-            print(f"hpcseg {args.verb}: {line}" if i == 0 else line, file=sys.stderr)
+            print(printable(f"hpcseg {args.verb}: {line}" if i == 0 else line), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"hpcseg {args.verb}: interrupted", file=sys.stderr)

@@ -537,6 +537,31 @@ def parse_duration(text: str | None) -> float | None:
     return float(m.group(1)) * _DURATION_UNITS.get(unit, 1.0)
 
 
+_PERCENT_RE = re.compile(r"\s*([-+]?(?:\d+(?:[.,]\d*)?|[.,]\d+))\s*%")
+_COMMA_RE = re.compile(r"\s*([-+]?\d+),(\d+)(?:\s.*)?")
+
+
+def _metric_cell(text: str | None, where: str, warnings: list[str]) -> float | None:
+    """A metric value as a fraction, read the ways spreadsheets write it: ``0.651``, ``65.1%`` (a
+    percentage: 0.651), ``0,651`` (a decimal comma), ``0.0 (collapsed)``. A cell that could mean two
+    numbers (``1,234``: a thousands separator or a decimal comma?) is refused with a warning: never a
+    silently wrong number."""
+    if text is None or not text.strip():
+        return None
+    m = _PERCENT_RE.match(text)
+    if m:
+        return float(m.group(1).replace(",", ".")) / 100.0
+    m = _COMMA_RE.fullmatch(text)
+    if m:
+        whole, frac = m.group(1), m.group(2)
+        if len(frac) == 3 and whole.lstrip("+-") not in ("0", ""):
+            warnings.append(f"{where}: {text.strip()!r} could be {whole}{frac} or {whole}.{frac}: ignored; "
+                            f"write it with a decimal point")
+            return None
+        return float(f"{whole}.{frac}")
+    return parse_number(text)
+
+
 @dataclass
 class SummaryRow:
     """One row of a ``training_summary.csv``, ours or the seed's, in our names."""
@@ -559,8 +584,13 @@ def read_summary(path: str | Path, metric: str) -> tuple[list[SummaryRow], list[
     """
     path = Path(path)
     warnings: list[str] = []
-    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
-        reader = csv.reader(fh)
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name.
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+        first = fh.readline()
+        fh.seek(0)
+        # Excel in a decimal-comma locale writes ``;`` between cells and ``0,65`` in them.
+        delimiter = ";" if first.count(";") > first.count(",") else ","
+        reader = csv.reader(fh, delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:
@@ -603,8 +633,8 @@ def read_summary(path: str | Path, metric: str) -> tuple[list[SummaryRow], list[
             fold=int(fold) if fold is not None and math.isfinite(fold) else 0,
             status=(cell(rec, "status") or COMPLETED).lower(),
             best_epoch=int(epoch) if epoch is not None and math.isfinite(epoch) else None,
-            best=parse_number(cell(rec, best_i)),
-            final=parse_number(cell(rec, final_i)),
+            best=_metric_cell(cell(rec, best_i), f"{path}:{n}: best_{metric}", warnings),
+            final=_metric_cell(cell(rec, final_i), f"{path}:{n}: final_{metric}", warnings),
             train_time_s=time_s,
             flags=flags,
         ))
