@@ -120,7 +120,8 @@ def _short(text: str, n: int = 24) -> str:
 
 def _rows(header: list[str], body: Iterable[tuple[int, str]], where: str, numbered: bool
           ) -> tuple[list[list[float]], list[str]]:
-    """Float rows in epoch order and one damage line per kind; the one place a history's body is parsed."""
+    """Float rows in epoch order and what was damaged (one phrase per kind); the one place a history's
+    body is parsed."""
     ncols = len(header)
     rows: list[list[float]] = []
     damage: list[str] = []
@@ -128,7 +129,7 @@ def _rows(header: list[str], body: Iterable[tuple[int, str]], where: str, number
     cells: tuple[int, int, str, str] | None = None  # (count, first line, column, text)
 
     def at(n: int) -> str:
-        return f"{where}:{n}" if numbered else where
+        return f"line {n}: " if numbered else ""
 
     for n, line in body:
         if not line.strip():
@@ -149,10 +150,10 @@ def _rows(header: list[str], body: Iterable[tuple[int, str]], where: str, number
                 row.append(v)
         rows.append(row)
     if width:
-        damage.append(f"{at(width[1])}: {width[2]} field(s) where the header has {ncols}"
+        damage.append(f"{at(width[1])}{width[2]} field(s) where the header has {ncols}"
                       f"{f' (and {width[0] - 1} more such row(s))' if width[0] > 1 else ''}: row(s) ignored")
     if cells:
-        damage.append(f"{at(cells[1])}: {cells[2]} is {_short(cells[3])}, not a number"
+        damage.append(f"{at(cells[1])}{cells[2]} is {_short(cells[3])}, not a number"
                       f"{f' (and {cells[0] - 1} more such cell(s))' if cells[0] > 1 else ''}: read as missing")
     ie = header.index("epoch") if "epoch" in header else None
     if ie is None or not rows:
@@ -175,13 +176,13 @@ def _rows(header: list[str], body: Iterable[tuple[int, str]], where: str, number
         top = max(top, e)
         by_epoch[e] = r  # the last-written row of an epoch wins
     if bad:
-        damage.append(f"{where}: {bad} row(s) whose epoch is not a whole number: ignored")
+        damage.append(f"{bad} row(s) whose epoch is not a whole number: ignored")
     if repeated:
         shown = ", ".join(str(e) for e in sorted(set(repeated))[:5])
-        damage.append(f"{where}: epoch(s) {shown}{' ...' if len(set(repeated)) > 5 else ''} written more than "
+        damage.append(f"epoch(s) {shown}{' ...' if len(set(repeated)) > 5 else ''} written more than "
                       f"once: the last row of each kept")
     if disordered:
-        damage.append(f"{where}: epochs out of order: read in epoch order (final = the highest epoch)")
+        damage.append("epochs out of order: read in epoch order (final = the highest epoch)")
     return [by_epoch[e] for e in sorted(by_epoch)], damage
 
 
@@ -206,9 +207,11 @@ def parse_history(text: str, where: str, *, numbered: bool = True) -> Table:
         # cut number (0.65 for 0.6512), so it is never trusted.
         notes.append(f"{where}: last line cut off (no newline at the end; the task was killed while writing "
                      f"it): ignored, read the {sum(1 for b in body if b.strip())} complete row(s) before it")
-    damage = [] if "epoch" in header else [f"{where}: no epoch column in its header ({_short(lines[0], 60)})"]
+    damage = [] if "epoch" in header else [f"no epoch column in its header ({_short(lines[0], 60)})"]
     rows, d = _rows(header, enumerate(body, start=2), where, numbered)
-    return Table(header, rows, damage + d, notes)
+    damage += d
+    # One damaged file, one line: what is wrong with it, part by part.
+    return Table(header, rows, [f"{where}: {'; '.join(damage)}"] if damage else [], notes)
 
 
 def read_last_rows(path: str | Path, where: str | None = None, *, whole_max: int = WHOLE_READ_MAX,

@@ -182,7 +182,7 @@ def test_history_reader_tolerates_empty_cells_and_bad_rows(tmp_path):
     p.write_text("epoch,train_loss,val_loss,val_jaccard\n1,0.5,,0.2\n2,0.4,0.3\n3,nan,0.2,0.4\n")
     h = read_history(p)
     assert len(h) == 2 and math.isnan(h.column("val_loss")[0]) and math.isnan(h.column("train_loss")[1])
-    assert any(":3:" in w for w in h.warnings)
+    assert any("line 3:" in w for w in h.warnings) and len(h.damage) == 1
 
 
 def test_keras_reader_renames_and_counts_from_one(tmp_path):
