@@ -124,7 +124,7 @@ def summarize_task(run: Run, task: Task, metric: str, mode: str, damaged: list[s
         bad.append(f"{task.relpath}/history.csv: is not a regular file")
         warnings += bad[-1:]
     if damaged is not None:
-        damaged += [f"{run.dir.parent.name}/{run.run_id}: {b}" if not b.startswith("/") else b for b in bad]
+        damaged += [f"{run.dir.parent.name}/{run.run_id}/{b}" if not b.startswith("/") else b for b in bad]
     status, reason, code = read_task_status(d, has_history=h is not None)
     t = TaskResult(task.index, task.model, task.fold, status, reason=reason, exit_code=code, history=h)
     if h is not None:

@@ -553,7 +553,9 @@ def _metric_cell(text: str | None, where: str, warnings: list[str]) -> float | N
         return None
     m = _PERCENT_RE.match(text)
     if m:
-        return float(m.group(1).replace(",", ".")) / 100.0
+        from decimal import Decimal  # 65.1% is 0.651 exactly as written, not 0.6509999999999999
+
+        return float(Decimal(m.group(1).replace(",", ".")) / 100)
     m = _COMMA_RE.fullmatch(text)
     if m:
         whole, frac = m.group(1), m.group(2)
