@@ -262,7 +262,7 @@ def manifest_problem(m: Any) -> str | None:
     for i, t in enumerate(tasks):
         if not isinstance(t, dict) or t.get("index") != i or not _is_int(t.get("index")):
             return f"tasks[{i}] is not task {i}"
-        if not isinstance(t.get("model"), str) or not _is_int(t.get("fold")):
+        if not isinstance(t.get("model"), str) or not _is_int(t.get("fold")) or t["fold"] < 0:
             return f"tasks[{i}] has no model name or fold number"
         d = t.get("dir")
         if not isinstance(d, str) or not d or d.startswith("/") or ".." in d.split("/") or "\x00" in d:
