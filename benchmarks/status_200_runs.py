@@ -95,7 +95,10 @@ def counting_path(work: Path) -> tuple[dict, Path]:
             w = bin_dir / name
             w.write_text(f'#!/bin/sh\n# counting wrapper\necho "{name} $*" >> {log}\nexec {real} "$@"\n')
             w.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "XDG_CACHE_HOME": str(work / "cache")}
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "XDG_CACHE_HOME": str(work / "cache"),
+           # as an installed package runs: compiled bytecode kept (here outside the repository)
+           "PYTHONPYCACHEPREFIX": str(work / "pycache")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env, log
 
 
@@ -125,6 +128,8 @@ def cold(args: list[str], env: dict, log: Path, repeat: int = 5) -> tuple[float,
                            capture_output=True, text=True)
         times.append(time.perf_counter() - t0)
         rc = p.returncode
+        if rc:
+            print(f"  (rc {rc}: {p.stderr.strip().splitlines()[:1]})")
     calls = len(log.read_text().splitlines()) if log.exists() else 0
     return statistics.median(times), calls // repeat, rc
 

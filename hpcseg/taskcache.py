@@ -18,7 +18,7 @@ import json
 import os
 import time
 import zlib
-from dataclasses import astuple
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from hpcseg.taskfiles import EVENTS, EXIT_CODE, HISTORY, TaskView, read_task_vie
 
 VERSION = 1
 RACY_S = 2.0
+_FIELDS = [f.name for f in fields(TaskView)]
 _FILES = ("/" + HISTORY, "/" + EXIT_CODE, "/" + EVENTS)
 
 
@@ -93,7 +94,7 @@ class TaskCache:
         if stamps[0] is None:
             newest = 1 << 62  # no folder yet: nothing worth keeping
         if newest < (time.time() - RACY_S) * 1e9:
-            self.fresh[task_dir] = [stamps, metric, mode, list(astuple(v))]
+            self.fresh[task_dir] = [stamps, metric, mode, [getattr(v, f) for f in _FIELDS]]
         return v
 
     def save(self) -> None:

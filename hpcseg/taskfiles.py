@@ -289,8 +289,8 @@ def read_history(path: str | Path, label: str | None = None) -> History:
 
 
 def history_rows(path: Path, columns: list[str]) -> list[dict[str, float]]:
-    """The trainer's resume: this task's complete rows as dicts, in epoch order; rows with an unreadable
-    cell are dropped (they are re-trained). Raises HpcsegError when the columns are another task's."""
+    """The trainer's resume: this task's complete rows as dicts, in epoch order (an unreadable cell is NaN,
+    as a diverged loss is). Raises HpcsegError when the columns are another task's."""
     from hpcseg.errors import HpcsegError
 
     try:
@@ -300,7 +300,7 @@ def history_rows(path: Path, columns: list[str]) -> list[dict[str, float]]:
     if t.columns and t.columns != columns:
         raise HpcsegError(f"{path}: its columns ({','.join(t.columns)}) are not this task's ({','.join(columns)}); "
                           f"was the task folder reused for another job? move it away")
-    return [dict(zip(columns, r, strict=True)) for r in t.rows if not any(math.isnan(v) for v in r)]
+    return [dict(zip(columns, r, strict=True)) for r in t.rows]
 
 
 def format_row(row: dict[str, float], columns: list[str]) -> str:
