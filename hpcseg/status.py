@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -166,14 +165,11 @@ def _settings(m: dict[str, Any]) -> tuple[int, str, str, bool]:
 def task_views(run: Run, cache: TaskCache | None = None) -> list[TaskView]:
     """What each task's files say, in task order (from the cache while the files are unchanged)."""
     _, metric, mode, _ = _settings(run.manifest)
-    base = str(run.dir)
-    ref = _ref(run)
-    out = []
-    for t in run.manifest["tasks"]:
-        d = os.path.join(base, t["dir"])
-        label = f"{ref}/{t['dir']}"
-        out.append(cache.view(d, metric, mode, label) if cache else read_task_view(d, metric, mode, label))
-    return out
+    base = f"{run.dir}/"
+    ref = f"{_ref(run)}/"
+    if cache is None:
+        return [read_task_view(base + t["dir"], metric, mode, ref + t["dir"]) for t in run.manifest["tasks"]]
+    return [cache.view(base + t["dir"], metric, mode, ref, t["dir"]) for t in run.manifest["tasks"]]
 
 
 def task_table(run: Run, states: Mapping[str, JobState] | None, note: str | None = None,
@@ -193,12 +189,11 @@ def task_table(run: Run, states: Mapping[str, JobState] | None, note: str | None
     out = []
     for t, v in zip(m["tasks"], views, strict=True):
         k = t["index"]
-        task_dir = run.dir / t["dir"]
         native = ids.get(str(k))
         native = native if isinstance(native, str) else None
-        js = (states or {}).get(native) if native else None
+        js = states.get(native) if states and native else None
         if js is None and states:
-            js = _array_level(states, m.get("native_ids") or [], task_dir, native)
+            js = _array_level(states, m.get("native_ids") or [], run.dir / t["dir"], native)
         ec = v.exit_code
         state, detail = _judge(run, k, ec, js, note)
         if v.damage and ec is None and not detail.startswith("exit"):
@@ -211,7 +206,7 @@ def task_table(run: Run, states: Mapping[str, JobState] | None, note: str | None
             ts.eta_s = v.mean_epoch_s * max(0, epochs - v.epoch)
             ts.eta_at_most = early
         if state in ("failed", "timeout", "preempted"):
-            ts.log, ts.log_tail = _failure_log(run, k, task_dir)
+            ts.log, ts.log_tail = _failure_log(run, k, run.dir / t["dir"])
         out.append(ts)
     return out
 

@@ -38,14 +38,19 @@ def _stamp(path: str) -> list[int] | None:
     return [st.st_mtime_ns, st.st_size, st.st_ino]
 
 
+def _same(path: str, old: list[int]) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_mtime_ns == old[0] and st.st_size == old[1] and st.st_ino == old[2]
+
+
 def _valid(task_dir: str, stamps: list[Any]) -> bool:
     """True while the folder and every file that existed when the entry was made are unchanged."""
-    if _stamp(task_dir) != stamps[0]:
-        return False
-    for name, old in zip(_FILES, stamps[1:], strict=True):
-        if old is not None and _stamp(task_dir + name) != old:
-            return False
-    return True
+    h, e, ev = stamps[1], stamps[2], stamps[3]
+    return (_same(task_dir, stamps[0]) and (h is None or _same(task_dir + _FILES[0], h))
+            and (e is None or _same(task_dir + _FILES[1], e)) and (ev is None or _same(task_dir + _FILES[2], ev)))
 
 
 def cache_file(root: Path) -> Path | None:
@@ -76,20 +81,21 @@ class TaskCache:
         except (OSError, ValueError):
             pass
 
-    def view(self, task_dir: str, metric: str, mode: str, label: str | None = None) -> TaskView:
+    def view(self, task_dir: str, metric: str, mode: str, label_prefix: str = "", label_dir: str = "") -> TaskView:
+        """The task's view; ``label_prefix + label_dir`` names it in messages (built only when read)."""
         entry = self.entries.get(task_dir)
         if entry is not None:
             try:
-                if entry[1] == metric and entry[2] == mode and entry[0][0] is not None and _valid(task_dir, entry[0]):
-                    v = TaskView(*entry[3])
+                stamps = entry[0]
+                if entry[1] == metric and entry[2] == mode and stamps[0] is not None and _valid(task_dir, stamps):
                     self.hits += 1
                     self.fresh[task_dir] = entry
-                    return v
+                    return TaskView(*entry[3])
             except (TypeError, IndexError, ValueError):
                 pass
         self.misses += 1
         stamps = [_stamp(task_dir), *(_stamp(task_dir + name) for name in _FILES)]  # before reading: a
-        v = read_task_view(task_dir, metric, mode, label)  # change while reading shows up next time
+        v = read_task_view(task_dir, metric, mode, (label_prefix + label_dir) or None)  # change shows next time
         newest = max((s[0] for s in stamps if s), default=0)
         if stamps[0] is None:
             newest = 1 << 62  # no folder yet: nothing worth keeping
