@@ -270,7 +270,7 @@ def manifest_problem(m: Any) -> str | None:
     return None
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path | str) -> dict[str, Any]:
     """A run's manifest, checked; raises HpcsegError with one line naming the file and what is wrong."""
     try:
         m = read_json(path)
@@ -309,7 +309,7 @@ def scan_runs(root: Path | None = None, job: str | None = None) -> tuple[list[Ru
         return [], []
     runs, problems = [], []
     try:
-        jobs = [job] if job else sorted(os.listdir(root))
+        jobs = [job] if job else sorted(n for n in os.listdir(root) if not n.startswith("."))
     except OSError as exc:
         return [], [f"{root}: cannot list the runs folder ({exc.strerror or exc})"]
     for j in jobs:
@@ -319,13 +319,17 @@ def scan_runs(root: Path | None = None, job: str | None = None) -> tuple[list[Ru
         except OSError:  # a file, a dangling link, a loop or unreadable: not a job folder
             continue
         for rid in ids:
-            mpath = Path(job_dir, rid, MANIFEST)
+            if rid.startswith("."):
+                continue  # as glob("*") did: hidden entries are not runs
+            mpath = f"{job_dir}/{rid}/{MANIFEST}"  # strings, not Paths: 200 runs are read on every status
             try:
-                runs.append(Run(mpath.parent, read_manifest(mpath)))
+                m = read_manifest(mpath)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except HpcsegError as exc:
                 problems.append(exc.message)
+                continue
+            runs.append(Run(Path(job_dir, rid), m))
     runs.sort(key=lambda r: (float(r.manifest.get("created_ts") or 0), r.run_id))
     return runs, problems
 
