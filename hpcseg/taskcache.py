@@ -71,6 +71,7 @@ class TaskCache:
         self.entries: dict[str, list[Any]] = {}
         self.fresh: dict[str, list[Any]] = {}
         self.hits = self.misses = 0
+        self.dirty = False  # an entry was added or replaced: worth writing back
         if path is None:
             return
         try:
@@ -101,11 +102,12 @@ class TaskCache:
             newest = 1 << 62  # no folder yet: nothing worth keeping
         if newest < (time.time() - RACY_S) * 1e9:
             self.fresh[task_dir] = [stamps, metric, mode, [getattr(v, f) for f in _FIELDS]]
+            self.dirty = True
         return v
 
     def save(self) -> None:
         """Keep the entries seen in this status (those of runs not shown are kept too, up to a bound)."""
-        if self.path is None or (self.misses == 0 and len(self.fresh) == len(self.entries)):
+        if self.path is None or not self.dirty:
             return
         keep = dict(self.entries) if len(self.entries) < 200_000 else {}
         keep.update(self.fresh)
