@@ -12,6 +12,7 @@ that was in the file, and its JSON stays strict (no NaN or Infinity).
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import math
@@ -151,7 +152,7 @@ def test_damaged_histories_never_stop_status_or_collect(body: list[tuple[str, li
         assert len(result["damaged"]) <= 1
         written = set()
         for line in text.split("\n"):
-            parts = line.split(",")
+            parts = next(csv.reader([line])) if '"' in line else line.split(",")  # CSV quoting, as written
             if len(parts) == 9:
                 v = _metric_cell(parts[3].strip().strip('"'), "", [])
                 if v is not None:
