@@ -27,21 +27,10 @@ import numpy as np
 
 from hpcseg.errors import HpcsegError
 from hpcseg.spec import JobSpec, TrainingSpec
+from hpcseg.taskfiles import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE, HISTORY, append_history, rewrite_history
+from hpcseg.taskfiles import history_rows as read_history
 from hpcseg.train.distributed import Dist, per_rank_batch, shard
-from hpcseg.train.runner import (
-    EXIT_DIVERGED,
-    EXIT_OK,
-    EXIT_REQUEUE,
-    HISTORY,
-    EarlyStopping,
-    Outcome,
-    StopFlag,
-    TaskPlan,
-    append_history,
-    lr_at,
-    read_history,
-    rewrite_history,
-)
+from hpcseg.train.runner import EarlyStopping, Outcome, StopFlag, TaskPlan, lr_at
 
 log = logging.getLogger("hpcseg.train")
 

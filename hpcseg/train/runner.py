@@ -32,20 +32,12 @@ from hpcseg.fsutil import write_json_atomic
 from hpcseg.spec import JobSpec, ModelSpec, TrainingSpec
 
 # The task files (history.csv, result.json, exit codes) have one owner: hpcseg/taskfiles.py.
-from hpcseg.taskfiles import (  # noqa: F401  (format_row, EXIT_BAD_INPUT: re-exported for callers)
-    EXIT_BAD_INPUT,
-    EXIT_DIVERGED,
+from hpcseg.taskfiles import (
     EXIT_FAILED,
-    EXIT_OK,
     EXIT_REQUEUE,
-    HISTORY,
     RESULT,
-    append_history,
-    format_row,
-    rewrite_history,
 )
 from hpcseg.taskfiles import TRAIN_LOG as LOG
-from hpcseg.taskfiles import history_rows as read_history
 
 log = logging.getLogger("hpcseg.train")
 
