@@ -1,0 +1,1 @@
+"""Workload plug-ins: one folder per dataset (layout, checks, synth, train parts)."""
