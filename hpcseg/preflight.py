@@ -707,6 +707,9 @@ def _check_container(c: _Checks) -> None:
 # --------------------------------------------------------------------------------------------- weights
 
 
+MAPPED_WEIGHT_ARCHS = ("resnet50", "densenet121", "efficientnet_b3", "vit_b_16")
+
+
 def _check_weights(c: _Checks) -> None:
     named = 0
     for m in c.spec.workload.models:
@@ -722,6 +725,12 @@ def _check_weights(c: _Checks) -> None:
             c.error("weights", path, f"weights of model {m.name} is a folder, not a file; {fix}")
         elif path.stat().st_size == 0:
             c.error("weights", path, f"weights of model {m.name} is empty (0 bytes); {fix}")
+        elif m.arch in MAPPED_WEIGHT_ARCHS:  # open it: keys and shapes must fit the model (imports torch)
+            from hpcseg.workloads.ham10000.weights import refuse_reason
+
+            why = refuse_reason(c.spec, m)
+            if why:
+                c.error("weights", path, why)
     c.count("weights", named)
 
 

@@ -39,6 +39,9 @@ ARCHS: dict[str, str] = {
     "efficientnet_b3": "hpcseg.train.models_classify:build",
     "vit_b_16": "hpcseg.train.models_classify:build",
 }
+# Classifier archs whose ImageNet files (torchvision/timm layouts) load through an explicit key map.
+MAPPED_WEIGHTS: dict[str, str] = {a: "hpcseg.workloads.ham10000.weights:load_into"
+                                  for a in ("resnet50", "densenet121", "efficientnet_b3", "vit_b_16")}
 
 
 def resolve(target: str, what: str) -> Callable:
@@ -66,7 +69,11 @@ def build_model(spec: JobSpec, model: ModelSpec) -> nn.Module:
     if model.arch not in ARCHS:
         raise HpcsegError(f"model {model.name}: unknown arch {model.arch!r}; known: {', '.join(ARCHS)}")
     net = resolve(ARCHS[model.arch], f"model {model.name} (arch {model.arch})")(spec, model)
-    if model.weights:
+    if model.weights and model.arch in MAPPED_WEIGHTS:  # explicit key map, coverage must be 100%
+        cov = resolve(MAPPED_WEIGHTS[model.arch], "weights")(net, model.weights, model.arch, model.name,
+                                                              model.allow_partial_weights)
+        log.info("weights %s: %s", model.weights, cov.summary())
+    elif model.weights:
         load_weights(net, model.weights, model.name)
     return net
 
