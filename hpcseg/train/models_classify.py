@@ -36,7 +36,10 @@ def build_resnet50(spec: JobSpec, model: ModelSpec) -> nn.Module:
 
     cin, k, _ = _geometry(spec)
     # bias_downsample=False: torchvision's (and timm's) downsample convolution has no bias.
-    net = resnet50(spatial_dims=2, n_input_channels=cin, num_classes=k, conv1_t_stride=2, bias_downsample=False)
+    # options.widen_factor (MONAI's) narrows every stage for tests and CPU smoke runs (ImageNet weights
+    # then no longer fit, and loading them is refused).
+    net = resnet50(spatial_dims=2, n_input_channels=cin, num_classes=k, conv1_t_stride=2, bias_downsample=False,
+                   widen_factor=float(model.options.get("widen_factor", 1.0)))
     return net
 
 

@@ -651,7 +651,7 @@ def _finish(torch, plan: TaskPlan, model, source, val_idx, reason: str, device) 
         if best.exists():
             model.load_state_dict(torch.load(best, map_location=device, weights_only=True)["model"])
         model.eval()
-        extra = source.extra_results(model, val_idx, plan.spec.training.batch_size) or {}
+        extra = source.extra_results(model, val_idx, plan.spec.training.batch_size, out_dir=plan.task_dir) or {}
     log.info("finished (%s)", reason)
     return Outcome(reason, EXIT_OK, None, extra)
 

@@ -78,10 +78,14 @@ def lesion_mask(size: int, centre: tuple[float, float], radius: float, shape: np
     return 1 / (1 + np.exp((rho - outline) / 0.012))
 
 
-def lesion_image(rng: np.random.Generator, size: int, look: Look, shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One RGB uint8 (size, size, 3) image and its hard lesion mask (bool), for tests of where a CAM looks."""
-    centre = (float(0.5 + rng.normal(0, 0.06)), float(0.5 + rng.normal(0, 0.06)))
-    radius = look.radius * rng.uniform(0.9, 1.1)
+def lesion_image(rng: np.random.Generator, size: int, look: Look, shape: np.ndarray,
+                 centre: tuple[float, float] | None = None, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """One RGB uint8 (size, size, 3) image and its hard lesion mask (bool), for tests of where a CAM looks.
+    ``centre`` (fractions of the side) and ``scale`` (of the radius) move and shrink the lesion; by default
+    it sits near the middle as in dermoscopy."""
+    if centre is None:
+        centre = (float(0.5 + rng.normal(0, 0.06)), float(0.5 + rng.normal(0, 0.06)))
+    radius = look.radius * scale * rng.uniform(0.9, 1.1)
     inside = lesion_mask(size, centre, radius, shape, rng.uniform(0, 2 * np.pi))
     c = (np.arange(size) + 0.5) / size
     y, x = c[:, None], c[None, :]
