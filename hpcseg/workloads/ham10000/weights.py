@@ -290,11 +290,14 @@ def load_into(net: Any, path: str, arch: str, model_name: str, allow_partial: bo
 def refuse_reason(spec: Any, model: Any) -> str | None:
     """For ``hpcseg check``: why ``model.weights`` would be refused at training time, or None if it fits.
 
-    Builds the model on the CPU to learn its tensor shapes (torch is imported here, only when a weights
-    file must be inspected, so the CLI still starts without it)."""
+    Builds the model on torch's meta device to learn its tensor shapes (torch is imported here, only when
+    a weights file must be inspected, so the CLI still starts without it)."""
+    import torch
+
     from hpcseg.train.models_classify import build
 
-    net = build(spec, model)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation (ViT-B/16 has 86M values)
+        net = build(spec, model)
     ours = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     try:
         check_file(str(model.weights), model.arch, model.name, ours, bool(model.allow_partial_weights))
