@@ -119,6 +119,8 @@ def test_cnn_gradcam_through_monai_shape_and_range() -> None:
     assert cam.shape == (4, 1, 64, 64) and float(cam.min()) >= 0 and float(cam.max()) <= 1
     com = centre_of_mass(cam)
     assert com.shape == (4, 2) and bool(((com >= 0) & (com <= 64)).all())
+    # At 32 px the last stage is 1x1: the map is flat and shown as 0, not as stretched rounding noise.
+    assert float(cam_maps(net, "resnet50", x[:, :, :32, :32]).abs().max()) == 0.0
 
 
 def test_vit_token_gradcam_shape_and_range() -> None:

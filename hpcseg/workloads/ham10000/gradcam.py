@@ -46,10 +46,14 @@ def arch_of(model: torch.nn.Module) -> str:
 
 
 def _normalise(cam: torch.Tensor) -> torch.Tensor:
-    """Each map to [0, 1] (a flat map stays 0)."""
-    flat = cam.flatten(1)
+    """Each map to [0, 1]. A flat map (e.g. the 1x1 last stage of a CNN on 32 px images) becomes 0, not
+    min-max-stretched rounding noise (MONAI's default normaliser would show that noise as a pattern)."""
+    flat = cam.flatten(1).float()
     lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(cam)
+    span = hi - lo
+    flat_map = span <= 1e-4 * hi.abs().clamp_min(1e-12)
+    out = torch.where(flat_map, torch.zeros_like(flat), (flat - lo) / span.clamp_min(1e-12))
+    return out.view_as(cam)
 
 
 def vit_cam(model: torch.nn.Module, x: torch.Tensor, class_idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,7 +92,7 @@ def cam_maps(model: torch.nn.Module, arch: str, x: torch.Tensor, class_idx: torc
         return vit_cam(model, x, class_idx)
     from monai.visualize import GradCAM
 
-    cam = GradCAM(nn_module=model, target_layers=CNN_LAYERS[arch])
+    cam = GradCAM(nn_module=model, target_layers=CNN_LAYERS[arch], postprocessing=_normalise)
     out = []
     for i in range(x.shape[0]):  # one at a time: MONAI takes a single class index per call
         ci = None if class_idx is None else int(class_idx[i])
