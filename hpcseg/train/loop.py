@@ -343,7 +343,8 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Workload extras for result.json's ``extra``, with the best weights loaded and the model in eval
         mode. The default asks the source (e.g. a classifier's calibration); a workload's Trainer overrides it."""
-        return self.source.extra_results(self.bare_model, self.val_idx, self.tr.batch_size) or {}
+        return self.source.extra_results(self.bare_model, self.val_idx, self.tr.batch_size,
+                                         out_dir=self.plan.task_dir) or {}
 
     def wants_evaluation(self) -> bool:
         """Whether :meth:`evaluate` does anything (so the best weights are loaded only when needed)."""
