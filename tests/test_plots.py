@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hpcseg.history import History
+from hpcseg.taskfiles import History
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
