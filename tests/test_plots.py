@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hpcseg.taskfiles import History
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -29,6 +28,7 @@ from hpcseg.plots import (
     metric_definition,
     model_comparison,
 )
+from hpcseg.taskfiles import History
 
 COLS = ["epoch", "train_loss", "val_loss", "val_jaccard"]
 
