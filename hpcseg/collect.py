@@ -38,6 +38,10 @@ from hpcseg.compare import (
     resolve_baseline,
 )
 from hpcseg.errors import EXIT_FAILED, HpcsegError
+from hpcseg.evalsummary import EVAL_SUMMARY_CSV, keys_of, task_measures
+from hpcseg.evalsummary import aggregate as aggregate_evaluation
+from hpcseg.evalsummary import cell as eval_cell
+from hpcseg.evalsummary import summary_csv as evaluation_csv
 from hpcseg.fsutil import write_text_atomic
 from hpcseg.printable import printable, rich_text
 from hpcseg.runs import Run, find_run, runs_root
@@ -328,6 +332,11 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
 
     ref, note, w = _baseline(run, against, root)
     warnings += w
+    evaluation = run_evaluation(run, tasks)
+    base_evaluation = run_evaluation(ref.run) if ref is not None and ref.kind == "run" and ref.run else None
+    for model, measures in evaluation.items():
+        if model in cv["models"]:
+            cv["models"][model]["evaluation"] = measures
     comp, line = None, None
     if ref is not None:
         try:
@@ -350,6 +359,10 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
         write_text_atomic(files["summary"], summary_csv(tasks, metric))
         write_text_atomic(files["cv"], json.dumps(cv, indent=2) + "\n")
         write_text_atomic(files["comparison"], comparison_md(run, metric, mode, ref, comp, line, note))
+        if evaluation:
+            files["evaluation"] = run.dir / "eval" / EVAL_SUMMARY_CSV
+            files["evaluation"].parent.mkdir(exist_ok=True)
+            write_text_atomic(files["evaluation"], evaluation_csv(evaluation, base_evaluation))
         plot_files: list[Path] = []
         if plots:
             from hpcseg.plots import write_plots
@@ -366,10 +379,24 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
         "baseline_note": note,
         "comparison": comp,
         "headline": line,
+        "evaluation": evaluation,
+        "baseline_evaluation": base_evaluation,
         "warnings": warnings,
         "damaged": damaged,
         "files": {**{k: str(v) for k, v in files.items()}, "plots": [str(p) for p in plot_files]},
     }
+
+
+def run_evaluation(run: Run, tasks: list[TaskResult] | None = None) -> dict[str, dict[str, Any]]:
+    """Per model, each number the workload's evaluation wrote into result.json (hpcseg/evalsummary.py),
+    over the folds that ended with a result; ``tasks`` (already summarised) saves reading statuses again."""
+    status = {t.index: t.status for t in tasks} if tasks is not None else None
+    rows = []
+    for task in sorted(run.tasks, key=lambda t: t.index):
+        d = run.task_dir(task)
+        st = status.get(task.index) if status is not None else read_task_status(d, has_history=False)[0]
+        rows.append((task.model, st or "", task_measures(d)))
+    return aggregate_evaluation(rows)
 
 
 def _headline(comp: dict[str, Any], best_model: str | None) -> str | None:
@@ -439,11 +466,41 @@ def print_report(result: dict[str, Any], console: Any = None, max_task_rows: int
             console.print(T(f"only in the baseline: {', '.join(comp['only_in_baseline'])}"))
         if result["headline"]:
             console.print(T(result["headline"], style="bold"))
+    _print_evaluation(console, result.get("evaluation") or {}, result.get("baseline_evaluation"))
     if cv["best_model"]:
         console.print(Text.assemble("best model: ", T(cv["best_model"], style="bold"),
                                     f" ({printable(metric)} {fmt_value(cv['best_value'])})"))
     console.print(T(f"wrote {result['files']['summary']}, {CV_JSON}, {COMPARISON_MD}"
                     + (f", {len(result['files']['plots'])} plot(s)" if result["files"]["plots"] else "")))
+
+
+SHOWN_MEASURES = 14  # the console shows the top-level measures; the CSV and cv_results.json have them all
+
+
+def _print_evaluation(console: Any, evaluation: dict[str, dict[str, Any]],
+                      baseline: dict[str, dict[str, Any]] | None) -> None:
+    """Workload evaluations side by side per model (calibration, operating points, thresholds ...)."""
+    if not evaluation:
+        return
+    from rich.table import Table
+
+    keys = [k for k in keys_of(evaluation) if k.count(".") <= 1 or k.endswith("_at_95_specificity")]
+    t = Table(title="evaluation with the best weights: mean ± std (folds)"
+              + ("; [baseline]" if baseline else ""))
+    t.add_column("measure")
+    for model in evaluation:
+        t.add_column(rich_text(model))
+    for key in keys[:SHOWN_MEASURES]:
+        cells = []
+        for model, measures in evaluation.items():
+            text = eval_cell(measures.get(key))
+            if baseline and model in baseline and baseline[model].get(key):
+                text += f" [{eval_cell(baseline[model][key])}]"
+            cells.append(rich_text(text))
+        t.add_row(rich_text(key), *cells)
+    console.print(t)
+    if len(keys_of(evaluation)) > SHOWN_MEASURES:
+        console.print(rich_text(f"all {len(keys_of(evaluation))} measures: eval/{EVAL_SUMMARY_CSV}"))
 
 
 def cli_collect(args: argparse.Namespace) -> int:

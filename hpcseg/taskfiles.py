@@ -746,6 +746,16 @@ def read_task_status(task_dir: Path, has_history: bool | None = None) -> tuple[s
     return (RUNNING if has_history else PENDING), None, None
 
 
+def read_result(task_dir: Path) -> dict[str, Any] | None:
+    """result.json as a dict, or None when it is absent, unreadable or not an object (task_damage says why)."""
+    try:
+        with open(task_dir / RESULT, "rb") as fh:
+            data = json.loads(fh.read(1 << 22).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def task_finished(task_dir: Path) -> bool:
     """True when the task ended with a training result (completed or diverged); reads two small files."""
     return read_task_status(task_dir, has_history=False)[0] in RESULT_STATUSES
