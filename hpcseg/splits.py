@@ -13,6 +13,7 @@ import os
 import socket
 import tempfile
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,9 @@ def make_splits(spec: JobSpec, index: DatasetIndex) -> dict[str, Any]:
                           f"{what}; lower folds to at most {n_groups}, or add data")
 
     try:
-        pairs = _pairs(split, seed, positions, y, groups)
+        with warnings.catch_warnings():  # a class smaller than the chunk count: stratified as far as it goes
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            pairs = _pairs(split, seed, positions, y, groups)
     except ValueError as exc:  # scikit-learn's refusal of a split it cannot make (too few items or groups)
         raise HpcsegError(f"split: cannot make {_what(split)} of {n} item(s): {exc}; lower "
                           f"workload.split.folds or val_fraction, or add data") from None

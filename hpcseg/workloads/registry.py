@@ -53,7 +53,7 @@ WORKLOADS: dict[str, Workload] = {w.layout: w for w in (
     Workload("marida", synth="marida", archs={"se_unet": Arch("models_se:build")}),
     Workload("hyperspectral", synth="hyperspectral", archs={"ssmu_net": Arch("models_ssmu:build", _SSMU_OPTIONS)},
              source_options=("patches_per_core", "min_tissue", "min_foreground")),  # patch sampling
-    Workload("ham10000", synth="ham10000", archs={"resnet50": _CNN, "densenet121": _CNN, "efficientnet_b3": _CNN,
+    Workload("ham10000", synth="ham10000", archs={"resnet50": replace(_CNN, options=("widen_factor",)), "densenet121": _CNN, "efficientnet_b3": _CNN,
                                                   "vit_b_16": _VIT}),
 )}
 LAYOUTS: tuple[str, ...] = tuple(WORKLOADS)
