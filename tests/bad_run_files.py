@@ -113,7 +113,7 @@ TASK = f"<tmp>/runs/tiny/{RUN_ID}/tasks/unet/fold_0"
 STATUS = ("status", "--runs-dir", "runs")
 COLLECT = ("collect", RUN)
 CREATES = (f"{RUN}/training_summary.csv", f"{RUN}/cv_results.json", f"{RUN}/comparison.md", f"{RUN}/plots",
-           f"{RUN}/plots/*", f"{RUN}/.manifest.lock", ".cache", ".cache/*", ".config", ".config/*")
+           f"{RUN}/plots/*", f"{RUN}/report.html", f"{RUN}/.manifest.lock", ".cache", ".cache/*", ".config", ".config/*")
 
 
 def damaged_cases(case: Callable[..., Any]) -> list[Any]:
