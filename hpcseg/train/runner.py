@@ -378,6 +378,8 @@ def _write_result(plan: TaskPlan, info: dict[str, Any], outcome: Outcome, starte
         "n_train": info.get("n_train"),
         "n_val": info.get("n_val"),
         "params": info.get("params"),
+        "parameters": info.get("params"),  # the same count under its full name (issue 12)
+        "model_details": info.get("model_details"),  # e.g. which Mamba path ran
         "train_images_per_second": _speed(info.get("speed") or []),
         "device": info.get("device"),
         "torch": info.get("torch"),

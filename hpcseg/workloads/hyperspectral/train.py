@@ -31,6 +31,7 @@ from torch import Tensor
 from hpcseg.errors import HpcsegError
 from hpcseg.layouts import index_dataset
 from hpcseg.spec import JobSpec
+from hpcseg.train.loop import Trainer as _Trainer
 from hpcseg.train.source import Source, augment, epoch_order, rng_for
 
 log = logging.getLogger("hpcseg.train")
@@ -225,3 +226,20 @@ def _model_options(spec: JobSpec) -> dict:
 
 def build(spec: JobSpec, device: torch.device) -> Source:
     return HyperspectralSource(spec, device)
+
+
+# ------------------------------------------------------------------------------------------ trainer
+
+class Trainer(_Trainer):
+    """The generic loop, plus one line on which Mamba implementation runs: the fused mamba-ssm kernels
+    and the pure-PyTorch scan give the same numbers at very different speeds, so a slow run (or a
+    container built without mamba-ssm) must be visible in train.log and result.json."""
+
+    def setup(self) -> None:
+        super().setup()
+        from hpcseg.workloads.hyperspectral.models_ssmu import mamba_path, uses_mamba
+
+        if uses_mamba(self.bare_model):
+            path = mamba_path(self.device)
+            self.info.setdefault("model_details", {})["mamba"] = path
+            log.info("mamba: %s", path)
