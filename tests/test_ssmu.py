@@ -75,3 +75,62 @@ def test_mamba_path_named_for_the_device():
         assert m.mamba_path(torch.device("cuda")) == m.KERNELS
     assert m.uses_mamba(m.SSMUNet(8, 2, [4, 8], sinc_filters=2, embed_dim=4, mamba_layers=1))
     assert not m.uses_mamba(m.ClassicUNet(3, 2, [4, 8]))
+
+
+# --------------------------------------------------------------------------------------------- warm-up
+
+
+def _training(**kw):
+    from hpcseg.spec import TrainingSpec
+
+    return TrainingSpec.model_validate({"epochs": 10, "batch_size": 1, "lr": 1.0, **kw})
+
+
+def test_constant_warmup_holds_the_factor_then_jumps_to_the_schedule():
+    from hpcseg.train.runner import lr_at
+
+    tr = _training(warmup_epochs=2, warmup_factor=0.1, warmup_mode="constant", schedule="cosine")
+    lrs = [lr_at(tr, e) for e in range(1, 11)]
+    assert lrs[:2] == [pytest.approx(0.1), pytest.approx(0.1)]
+    assert lrs[2] == pytest.approx(1.0)                       # cosine starts from the full rate
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:], strict=False))
+    flat = _training(warmup_epochs=3, warmup_factor=0.25, warmup_mode="constant")
+    assert [lr_at(flat, e) for e in (1, 2, 3, 4, 10)] == [0.25, 0.25, 0.25, 1.0, 1.0]
+
+
+def test_linear_warmup_stays_the_default():
+    from hpcseg.train.runner import lr_at
+
+    tr = _training(warmup_epochs=2, warmup_factor=0.1)
+    assert tr.warmup_mode == "linear"
+    assert [lr_at(tr, e) for e in (1, 2, 3)] == [pytest.approx(0.1), pytest.approx(0.55), 1.0]
+
+
+def test_warmup_mode_refuses_other_values_and_the_seed_job_uses_constant():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="warmup_mode"):
+        _training(warmup_mode="cosine")
+    tr = _job(None).training
+    assert (tr.warmup_epochs, tr.warmup_factor, tr.warmup_mode, tr.lr) == (2, 0.1, "constant", 3.0e-4)
+
+
+@pytest.mark.parametrize("mode", ["linear", "constant"])
+def test_warmup_never_exceeds_the_rate_and_ends_at_it(mode):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from hpcseg.train.runner import lr_at
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(0, 8), st.floats(0.01, 1.0), st.integers(1, 20), st.sampled_from(["constant", "cosine"]))
+    def check(w, factor, epochs, schedule):
+        tr = _training(epochs=epochs, warmup_epochs=w, warmup_factor=factor, warmup_mode=mode, schedule=schedule)
+        lrs = [lr_at(tr, e) for e in range(1, epochs + 1)]
+        assert all(0 <= v <= 1.0 + 1e-12 for v in lrs)
+        assert all(v >= factor - 1e-12 for v in lrs[:min(w, epochs)])
+        if mode == "constant":
+            assert all(v == pytest.approx(factor) for v in lrs[:min(w, epochs)])
+        if w < epochs:
+            assert lrs[w] == pytest.approx(1.0)              # the first epoch after warm-up: the full rate
+    check()

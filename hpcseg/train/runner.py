@@ -253,10 +253,13 @@ def append_history(path: Path, row: dict[str, float], columns: list[str]) -> Non
 
 
 def lr_at(tr: TrainingSpec, epoch: int) -> float:
-    """Learning rate of a (1-based) epoch: linear warm-up from warmup_factor×lr over warmup_epochs, then
-    constant or cosine towards zero at the end. A pure function of the epoch, so resume needs no state."""
+    """Learning rate of a (1-based) epoch. Warm-up over warmup_epochs: ``linear`` ramps from
+    warmup_factor×lr towards lr; ``constant`` holds warmup_factor×lr flat (seed 000's "2 epochs at 0.1×").
+    Then constant or cosine towards zero at the end. A pure function of the epoch, so resume needs no state."""
     w = tr.warmup_epochs
     if w and epoch <= w:
+        if tr.warmup_mode == "constant":
+            return tr.lr * tr.warmup_factor
         return tr.lr * (tr.warmup_factor + (1.0 - tr.warmup_factor) * (epoch - 1) / w)
     if tr.schedule == "cosine":
         t = (epoch - w - 1) / max(tr.epochs - w, 1)
