@@ -410,4 +410,8 @@ def _train(plan: TaskPlan, info: dict[str, Any], flag: StopFlag, dist: Any = Non
     its own subclass there (e.g. to add an evaluation at the end)."""
     from hpcseg.train.loop import trainer_class
 
-    return trainer_class(plan.spec.workload.dataset.layout)(plan, info, flag, dist).run()
+    trainer = trainer_class(plan.spec.workload.dataset.layout)(plan, info, flag, dist)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
