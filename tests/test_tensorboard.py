@@ -119,3 +119,32 @@ def test_ssmu_quick_training_writes_events_parameters_and_mamba_path(tmp_path):
     assert [e.value for e in acc.Scalars("schedule/lr")] == pytest.approx([3e-5, 3e-5])  # 2 epochs at 0.1x
     images = acc.Images("val/examples")
     assert [e.step for e in images] == [1, 2] and images[0].width % (3 * images[0].height) == 0   # panels tiled
+
+
+def test_logs_tensorboard_prints_the_command_for_a_run_and_a_task(tmp_path):
+    import shlex
+    import subprocess
+
+    try:
+        from tests.test_status import PY, REPO, make_run, write_task
+    except ImportError:  # pragma: no cover - depends on how pytest was started
+        from test_status import PY, REPO, make_run, write_task
+
+    run = make_run(tmp_path / "runs")
+    (write_task(run, 1, epochs=1) / "tensorboard").mkdir()
+    p = subprocess.run([PY, "-m", "hpcseg", "logs", str(run.dir), "--tensorboard"], capture_output=True, text=True,
+                       cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    cmd = shlex.split(p.stdout.strip())
+    assert cmd[:2] == ["tensorboard", "--logdir"] and Path(cmd[2]) == run.dir / "tasks"
+    assert all(Path(cmd[2]) in (run.task_dir(k) / "tensorboard").parents for k in range(6))
+    p = subprocess.run([PY, "-m", "hpcseg", "logs", str(run.dir), "--task", "1", "--tensorboard"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert shlex.split(p.stdout.strip()) == ["tensorboard", "--logdir", str(run.task_dir(1) / "tensorboard")]
+    assert "no event files" not in p.stderr
+    p = subprocess.run([PY, "-m", "hpcseg", "logs", str(run.dir), "--task", "0", "--tensorboard"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0 and "no event files yet" in p.stderr
+    p = subprocess.run([PY, "-m", "hpcseg", "logs", str(run.dir), "--task", "9", "--tensorboard"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 2 and "tasks 0-5" in p.stderr and p.stderr.count("\n") == 1
