@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", type=int, default=None)
     p.add_argument("--follow", "-f", action="store_true")
     p.add_argument("--lines", "-n", type=int, default=50)
+    p.add_argument("--tensorboard", action="store_true", help="print the command that opens the TensorBoard files")
     p.add_argument("--runs-dir")
 
     p = sub.add_parser("collect", help="training_summary.csv, CV statistics, plots and a comparison")

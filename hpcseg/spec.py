@@ -209,6 +209,8 @@ class TrainingSpec(Strict):
     weight_decay: Float = Field(0.0, ge=0.0)
     warmup_epochs: Int = Field(0, ge=0, le=100000)
     warmup_factor: Annotated[Float, Field(gt=0.0, le=1.0)] = 0.1
+    warmup_mode: Literal["linear", "constant"] = Field(
+        "linear", description="linear: ramp from warmup_factor x lr; constant: warmup_factor x lr flat.")
     schedule: Literal["constant", "cosine"] = "constant"
     grad_clip: Float | None = Field(None, gt=0.0)
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)

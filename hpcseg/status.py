@@ -546,6 +546,8 @@ def _watch(runs: list[Run], single: bool, args: argparse.Namespace, cache: TaskC
 def cli_logs(args: argparse.Namespace) -> int:
     run = find_run(args.run, runs_root(args.runs_dir) if args.runs_dir else None)
     tasks = run.manifest["tasks"]
+    if getattr(args, "tensorboard", False):
+        return _tensorboard(run, tasks, args.task)
     if args.task is None:
         print(f"{_ref(run)}: {run.dir}")
         for t in tasks:
@@ -572,6 +574,32 @@ def cli_logs(args: argparse.Namespace) -> int:
             print("\n".join(tail(train_log, args.lines)))
         return 0
     return _follow(train_log, task_dir, args.lines)
+
+
+def _tensorboard(run: Run, tasks: list[dict], task: int | None) -> int:
+    """``logs --tensorboard``: the command that opens the run's (or one task's) TensorBoard event files.
+    Every task writes its own ``tensorboard/`` folder; pointing TensorBoard at the tasks' common parent
+    shows each model and fold as its own run, side by side."""
+    import os
+    import shlex
+    import shutil
+
+    chosen = tasks if task is None else [t for t in tasks if t["index"] == task]
+    if not chosen:
+        raise HpcsegError(f"--task {task}: the run has tasks 0-{len(tasks) - 1}")
+    folders = [run.dir / t["dir"] / "tensorboard" for t in chosen]
+    logdir = folders[0] if task is not None else Path(os.path.commonpath([f.parent for f in folders]))
+    print(f"tensorboard --logdir {shlex.quote(str(logdir))}")
+    written = sum(f.is_dir() for f in folders)
+    if not written:
+        print(f"# no event files yet ({len(folders)} task folder(s) without tensorboard/: not started, or trained "
+              f"without the tensorboard package)", file=sys.stderr)
+    if shutil.which("tensorboard") is None:
+        print("# tensorboard is not installed here: pip install 'hpcseg[tensorboard]' (or tensorboard)",
+              file=sys.stderr)
+    print("# on a cluster: add --port 6006 on the login node, then ssh -L 6006:localhost:6006 LOGIN_NODE and "
+          "open http://localhost:6006", file=sys.stderr)
+    return 0
 
 
 def _follow(path: Path, task_dir: Path, lines: int) -> int:

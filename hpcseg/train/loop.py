@@ -31,6 +31,7 @@ from hpcseg.taskfiles import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE, HISTORY, appe
 from hpcseg.taskfiles import history_rows as read_history
 from hpcseg.train.distributed import Dist, per_rank_batch, shard
 from hpcseg.train.runner import EarlyStopping, Outcome, StopFlag, TaskPlan, lr_at
+from hpcseg.train.tensorboard import TensorBoardLog
 
 log = logging.getLogger("hpcseg.train")
 
@@ -72,6 +73,7 @@ class Trainer:
         self.rows: list[dict[str, float]] = []
         self.done_epochs, self.start_batch = 0, 0
         self.running: dict[str, Any] = {"loss_sum": 0.0, "seen": 0, "seconds": 0.0}
+        self.tensorboard = TensorBoardLog(plan.task_dir, enabled=self.dist.is_main)
 
     # ------------------------------------------------------------------------------------------ the order
 
@@ -102,6 +104,7 @@ class Trainer:
                 improved = self.es.update(row[self.metric], epoch)
                 self.checkpoint(epoch, row, improved)
                 self.log_epoch(epoch, row, improved)
+                self.epoch_end(epoch, row)
                 if self.es.stopped:
                     log.info("early stopping: no %s improvement over %d epoch(s)", self.metric, self.es.patience)
                     return self.finish("early_stopped")
@@ -339,6 +342,44 @@ class Trainer:
         if self.is_main:
             append_history(self.hist_path, row, self.cols)
         self.rows.append(row)
+
+    def epoch_end(self, epoch: int, row: dict[str, float]) -> None:
+        """After the epoch's history row: TensorBoard scalars (every column) and, for segmentation, a few
+        validation examples. Rank 0 only. Event files are a convenience: a failure there is one warning,
+        never the end of a long training."""
+        tb = self.tensorboard
+        if not tb.enabled:
+            return
+        try:
+            tb.epoch(epoch, row)
+            if tb.enabled and self.task.endswith("segmentation"):
+                example = self.example_batch()
+                if example is not None:
+                    tb.examples(epoch, *example, self.task)
+            tb.flush()
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.warning("TensorBoard: stopped writing event files (%s: %s)", exc.__class__.__name__, exc)
+            tb.enabled = False
+
+    def example_batch(self) -> tuple[Any, Any, Any] | None:
+        """(x, y, logits) of the first few validation items, with the current weights."""
+        from hpcseg.train.tensorboard import MAX_IMAGES
+
+        batches = self.source.batches(self.val_idx, min(self.tr.batch_size, MAX_IMAGES), train=False, epoch=0,
+                                      seed=0)
+        first = next(iter(batches), None)
+        if first is None:
+            return None
+        x, y = first
+        model = self.bare_model
+        model.eval()
+        with self.torch.inference_mode(), self.amp:
+            logits = model(x)
+        return x, y, logits
+
+    def close(self) -> None:
+        """Release what the trainer holds open (event files); called once the task ends, however it ends."""
+        self.tensorboard.close()
 
     def evaluate(self) -> dict[str, Any]:
         """Workload extras for result.json's ``extra``, with the best weights loaded and the model in eval

@@ -204,10 +204,13 @@ def stop_signals(flag: StopFlag):
 
 
 def lr_at(tr: TrainingSpec, epoch: int) -> float:
-    """Learning rate of a (1-based) epoch: linear warm-up from warmup_factor×lr over warmup_epochs, then
-    constant or cosine towards zero at the end. A pure function of the epoch, so resume needs no state."""
+    """Learning rate of a (1-based) epoch. Warm-up over warmup_epochs: ``linear`` ramps from
+    warmup_factor×lr towards lr; ``constant`` holds warmup_factor×lr flat (seed 000's "2 epochs at 0.1×").
+    Then constant or cosine towards zero at the end. A pure function of the epoch, so resume needs no state."""
     w = tr.warmup_epochs
     if w and epoch <= w:
+        if tr.warmup_mode == "constant":
+            return tr.lr * tr.warmup_factor
         return tr.lr * (tr.warmup_factor + (1.0 - tr.warmup_factor) * (epoch - 1) / w)
     if tr.schedule == "cosine":
         t = (epoch - w - 1) / max(tr.epochs - w, 1)
@@ -329,6 +332,8 @@ def _write_result(plan: TaskPlan, info: dict[str, Any], outcome: Outcome, starte
         "n_train": info.get("n_train"),
         "n_val": info.get("n_val"),
         "params": info.get("params"),
+        "parameters": info.get("params"),  # the same count under its full name (issue 12)
+        "model_details": info.get("model_details"),  # e.g. which Mamba path ran
         "train_images_per_second": _speed(info.get("speed") or []),
         "device": info.get("device"),
         "torch": info.get("torch"),
@@ -356,4 +361,8 @@ def _train(plan: TaskPlan, info: dict[str, Any], flag: StopFlag, dist: Any = Non
     its own subclass there (e.g. to add an evaluation at the end)."""
     from hpcseg.train.loop import trainer_class
 
-    return trainer_class(plan.spec.workload.dataset.layout)(plan, info, flag, dist).run()
+    trainer = trainer_class(plan.spec.workload.dataset.layout)(plan, info, flag, dist)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()

@@ -1,11 +1,15 @@
-"""SSMU-Net (seed 000): sinc spectral filters -> spectral embedding -> Mamba -> pooling -> 2-D U-Net.
+"""SSMU-Net (seed 000): sinc spectral filters -> Mamba -> pooling -> projection -> classic 2-D U-Net.
 
-Each pixel's spectrum is treated as a sequence. A bank of learnable sinc band-pass filters
-(``options.sinc_filters``; SincNet-style: only each filter's low cut-off and bandwidth are learned, so
-the filters stay interpretable as spectral bands) runs along the band axis; at every band position the
-filter responses are embedded to ``options.embed_dim`` channels; ``options.mamba_layers`` residual Mamba
-layers model the sequence; ``options.pooling`` (attention | mean) reduces it to one feature vector per
-pixel; a MONAI U-Net with ``model.channels`` segments that feature map into the tissue classes.
+The shape follows the seed's own SSMU-Net code. Each pixel's spectrum is a sequence. A bank of learnable
+sinc band-pass filters (``options.sinc_filters``; SincNet-style: only each filter's low cut-off and
+bandwidth are learned, so the filters stay interpretable as spectral bands) runs along the band axis;
+``options.mamba_layers`` Mamba layers (d_model = the number of filters, residual + dropout + a shared
+post-LayerNorm, as in the seed) model the sequence of filter responses; ``options.pooling`` (attention |
+mean) reduces it to one vector per pixel, projected linearly to ``options.embed_dim`` channels; a classic
+U-Net (two conv3x3+BN+ReLU per level, max-pool, transposed-conv up, concatenated skips) with
+``model.channels`` levels segments that feature map into the tissue classes. At the seed's overnight
+settings (24 filters, embedding 32, channels 32..512, 2 layers, attention) that is 7.78M parameters; at
+its fast-mode settings (16, 16, 16..256, 1 layer, mean) 1.95M, the seed's "1.9M fast mode".
 
 Mamba. In the container (CUDA, ``mamba-ssm`` installed) each layer *is* a ``mamba_ssm.Mamba`` and runs
 its fused CUDA kernels whenever the input is on the GPU. Everywhere else (CPU runs, tests, no
@@ -135,41 +139,115 @@ if _CudaMamba is not None:
             return mamba_reference_forward(self, x)
 
 
+#: What :func:`mamba_path` returns, also written to train.log and result.json.
+KERNELS = "mamba_ssm CUDA kernels"
+REFERENCE = "pure-PyTorch selective scan"
+
+
+def mamba_path(device: torch.device) -> str:
+    """The path a Mamba layer takes on ``device``: the fused kernels only with mamba-ssm installed and
+    the input on a GPU (see DispatchMamba), the reference scan everywhere else."""
+    if _CudaMamba is not None and device.type == "cuda":
+        return KERNELS
+    why = "mamba-ssm not installed" if _CudaMamba is None else "input not on a GPU"
+    return f"{REFERENCE} ({why})"
+
+
+def uses_mamba(model: nn.Module) -> bool:
+    """Whether any layer of ``model`` is a Mamba layer of this module (either path)."""
+    kinds = (MambaRef,) if _CudaMamba is None else (MambaRef, _CudaMamba)
+    return any(isinstance(m, kinds) for m in model.modules())
+
+
 def make_mamba(d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2) -> nn.Module:
     if _CudaMamba is not None:
         return DispatchMamba(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand)
     return MambaRef(d_model, d_state, d_conv, expand)
 
 
-class ResidualMamba(nn.Module):
-    """Pre-norm residual wrapper, as in Mamba's own stacks: x + mamba(norm(x))."""
-
-    def __init__(self, dim: int, d_state: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.mixer = make_mamba(dim, d_state=d_state)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.mixer(self.norm(x))
-
-
 class AttentionPool(nn.Module):
-    """Softmax-weighted sum over the sequence: learns which spectral positions matter (the seed's
-    switch from mean pooling)."""
+    """Softmax-weighted sum over the sequence with a small tanh scorer (the seed's AttentionPooling):
+    learns which spectral positions matter, the seed's switch from mean pooling."""
 
     def __init__(self, dim: int):
         super().__init__()
-        self.score = nn.Linear(dim, 1)
+        self.score = nn.Sequential(nn.Linear(dim, max(dim // 2, 1)), nn.Tanh(), nn.Linear(max(dim // 2, 1), 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, L, D) -> (N, D)
         w = torch.softmax(self.score(x).squeeze(-1), dim=-1)
         return torch.einsum("nl,nld->nd", w, x)
 
 
+class SpectralMamba(nn.Module):
+    """The seed's SpectralMambaBlock: per layer x = norm(x + dropout(mamba(x))), one LayerNorm shared by
+    the layers (post-norm, as the seed wrote it), over the sequence of sinc responses (d_model = filters)."""
+
+    def __init__(self, dim: int, layers: int, d_state: int, dropout: float):
+        super().__init__()
+        self.layers = nn.ModuleList(make_mamba(dim, d_state=d_state) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = self.norm(x + self.dropout(layer(x)))
+        return x
+
+
+# ------------------------------------------------------------------------------------------ U-Net
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 conv + BatchNorm + ReLU: one level of the classic U-Net."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ClassicUNet(nn.Module):
+    """The seed's U-Net: DoubleConv per level, max-pool down, 2x2 transposed conv up, concatenated skips,
+    1x1 output conv. ``channels`` lists every level, the last one the bottleneck (the seed: base x 1, 2, 4,
+    8, 16). Inputs whose sides do not divide by 2^(levels-1) are zero-padded and the logits cropped back."""
+
+    def __init__(self, cin: int, num_classes: int, channels: list[int]):
+        super().__init__()
+        self.down = nn.ModuleList()
+        for c in channels:
+            self.down.append(DoubleConv(cin, c))
+            cin = c
+        pairs = list(zip(channels[:0:-1], channels[-2::-1], strict=True))  # (deeper, shallower)
+        self.up = nn.ModuleList(nn.ConvTranspose2d(a, b, 2, stride=2) for a, b in pairs)
+        self.dec = nn.ModuleList(DoubleConv(2 * b, b) for _, b in pairs)
+        self.out = nn.Conv2d(channels[0], num_classes, 1)
+        self.multiple = 2 ** (len(channels) - 1)
+        for m in self.modules():  # the seed's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(F.max_pool2d(x, 2) if i else x)
+            skips.append(x)
+        for up, dec, skip in zip(self.up, self.dec, skips[-2::-1], strict=True):
+            x = dec(torch.cat([up(x), skip], dim=1))
+        return self.out(x)[..., :h, :w]
+
+
 # ------------------------------------------------------------------------------------------ SSMU-Net
 
 
 class SSMUNet(nn.Module):
+    """Per pixel: sinc filters over the spectrum -> Mamba over the band sequence (d_model = filters) ->
+    pooling over bands -> linear projection to ``embed_dim``; then the classic U-Net over the feature map.
+    This is the order of the seed's SSMU-Net code (sinc, ssm, pool, project, U-Net)."""
+
     def __init__(self, bands: int, num_classes: int, channels: list[int], dropout: float = 0.0, *,
                  sinc_filters: int = 24, embed_dim: int = 32, mamba_layers: int = 2, pooling: str = "attention",
                  sinc_kernel: int | None = None, spectral_stride: int = 1, d_state: int = 16):
@@ -178,30 +256,27 @@ class SSMUNet(nn.Module):
             raise ValueError(f"options.pooling must be attention or mean, got {pooling!r}")
         if len(channels) < 2:
             raise ValueError("ssmu_net needs at least two U-Net channel counts")
-        from monai.networks.nets import UNet
-
         k = sinc_kernel or min(31, bands if bands % 2 else bands - 1)
         self.sinc = SincBandpass1d(sinc_filters, max(3, k), stride=spectral_stride)
-        self.embed = nn.Sequential(nn.Linear(sinc_filters, embed_dim), nn.LayerNorm(embed_dim))
-        self.layers = nn.ModuleList(ResidualMamba(embed_dim, d_state) for _ in range(mamba_layers))
-        self.norm = nn.LayerNorm(embed_dim)
-        self.pool = AttentionPool(embed_dim) if pooling == "attention" else None
-        self.unet = UNet(spatial_dims=2, in_channels=embed_dim, out_channels=num_classes, channels=channels,
-                         strides=[2] * (len(channels) - 1), num_res_units=2, norm="BATCH", dropout=dropout)
+        self.ssm = SpectralMamba(sinc_filters, mamba_layers, d_state, dropout)
+        self.pool = AttentionPool(sinc_filters) if pooling == "attention" else None
+        self.project = nn.Linear(sinc_filters, embed_dim)
+        self.unet = ClassicUNet(embed_dim, num_classes, list(channels))
 
     def pixel_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, bands, H, W) -> (B, embed_dim, H, W): every pixel's spectrum through sinc, Mamba, pooling."""
         b, c, h, w = x.shape
         seq = self.sinc(x.permute(0, 2, 3, 1).reshape(b * h * w, 1, c))     # (N, F, L)
-        t = self.embed(seq.transpose(1, 2))                                  # (N, L, D)
-        for layer in self.layers:
-            t = layer(t)
-        t = self.norm(t)
-        f = self.pool(t) if self.pool is not None else t.mean(dim=1)         # (N, D)
-        return f.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        t = self.ssm(seq.transpose(1, 2))                                    # (N, L, F)
+        f = self.pool(t) if self.pool is not None else t.mean(dim=1)         # (N, F)
+        return self.project(f).reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.unet(self.pixel_features(x))
+
+    def mamba_path(self, device: torch.device | str) -> str:
+        """Which Mamba implementation a forward pass on ``device`` runs (for train.log and result.json)."""
+        return mamba_path(torch.device(device))
 
 
 def build(spec: JobSpec, model: ModelSpec) -> nn.Module:

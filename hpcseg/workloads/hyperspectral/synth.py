@@ -8,6 +8,7 @@ import numpy as np
 
 from hpcseg.errors import HpcsegError
 from hpcseg.synth import ensure_empty, grid, save_npy, smooth_noise
+from hpcseg.workloads.hyperspectral.cubes import FORMATS, save_cube
 
 DEFAULTS = (6, 64)  # (cores, side)
 
@@ -25,14 +26,18 @@ def _class_spectra(rng: np.random.Generator, classes: int, bands: int) -> np.nda
 
 
 def make_hyperspectral(out: Path, n_cores: int = 6, size: int = 64, bands: int = 16, classes: int = 8,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, cube_format: str = "npy") -> dict:
     """Write ``out/cores/core_NNN.npy`` (size, size, bands) float32 and ``out/labels/core_NNN.npy`` (size, size) int64.
 
     Labels: -1 outside the round tissue core, 0 background, 1..classes-1 tissue classes in smooth
     regions. Every class has its own spectrum (shared by all cores), so per-pixel spectra are enough to
     learn the segmentation; core-to-core gain and noise keep it from being trivial.
+    ``cube_format`` writes the cubes as instruments export them instead (mat: MATLAB v5, mat73: MATLAB
+    v7.3, envi: .hdr + .img), to exercise those readers end to end.
     """
     out = Path(out)
+    if cube_format not in FORMATS:
+        raise HpcsegError(f"hyperspectral: cube_format {cube_format!r}; use one of {', '.join(FORMATS)}")
     if n_cores < 1 or size < 8 or bands < 2 or classes < 2:
         raise HpcsegError("hyperspectral: need n_cores >= 1, size >= 8, bands >= 2 and classes >= 2")
     cores, labels = out / "cores", out / "labels"
@@ -57,11 +62,14 @@ def make_hyperspectral(out: Path, n_cores: int = 6, size: int = 64, bands: int =
         cube = spectra[np.clip(label, 0, None)] * gain[..., None]
         cube = np.where(tissue[..., None], cube, 0.02)
         cube = cube + rng.normal(0, 0.02, cube.shape)
-        save_npy(cube.astype(np.float32), cores / f"core_{i:03d}.npy")
+        if cube_format == "npy":
+            save_npy(cube.astype(np.float32), cores / f"core_{i:03d}.npy")
+        else:
+            save_cube(cores / f"core_{i:03d}", cube.astype(np.float32), cube_format)
         save_npy(label, labels / f"core_{i:03d}.npy")
         present.update(int(v) for v in np.unique(label))
     return {"kind": "hyperspectral", "path": str(out), "n": n_cores, "size": size, "bands": bands,
-            "classes": classes, "seed": seed, "labels_present": sorted(present)}
+            "classes": classes, "seed": seed, "cube_format": cube_format, "labels_present": sorted(present)}
 
 
 def synthesise(out: Path, n: int, size: int, seed: int) -> list[str]:

@@ -1,6 +1,7 @@
 """Hyperspectral tissue cores (seed 000): per-core patch sampling with tissue and foreground filters.
 
-Items are cores (``ROOT/cores/<core>.npy`` (H, W, bands) float32 + ``ROOT/labels/<core>.npy`` (H, W)
+Items are cores (``ROOT/cores/<core>.npy|.mat|.hdr`` (H, W, bands) cubes, see ``cubes.py``, +
+``ROOT/labels/<core>.npy`` (H, W)
 int; -1 no tissue, 0 background, 1..K-1 tissue classes). The seed's finding was that a global patch cap
 starved most cores and that patches of empty slide taught nothing, hence:
 
@@ -12,7 +13,8 @@ starved most cores and that patches of empty slide taught nothing, hence:
 * validation: a fixed grid of non-overlapping patches over each core, kept where tissue >= min_tissue,
   so every epoch scores the same pixels (and most of each core).
 
-Cubes are memory-mapped, not loaded: a patch reads only its rows, so hundreds of 128-band cores fit.
+Cubes are memory-mapped where the format allows (a compressed .mat is loaded, or read by chunk): a
+patch reads only its rows, so hundreds of 128-band cores fit.
 Bands are normalised with per-band mean/std over the tissue pixels of the *training* cores only
 (:meth:`HyperspectralSource.prepare`), so validation statistics never leak into training.
 """
@@ -31,7 +33,9 @@ from torch import Tensor
 from hpcseg.errors import HpcsegError
 from hpcseg.layouts import index_dataset
 from hpcseg.spec import JobSpec
+from hpcseg.train.loop import Trainer as _Trainer
 from hpcseg.train.source import Source, augment, epoch_order, rng_for
+from hpcseg.workloads.hyperspectral.cubes import open_cube
 
 log = logging.getLogger("hpcseg.train")
 
@@ -117,7 +121,7 @@ class HyperspectralSource(Source):
         self.labels: list[np.ndarray] = []
         problems = []
         for name, (cube_path, label_path) in zip(index.names, index.files, strict=True):
-            cube = np.load(cube_path, mmap_mode="r", allow_pickle=False)
+            cube = open_cube(cube_path)
             label = np.load(label_path, allow_pickle=False)
             if cube.ndim != 3 or label.shape != cube.shape[:2]:
                 problems.append(f"{name}: cube {cube.shape} and label {label.shape} do not match (H, W, bands)")
@@ -225,3 +229,20 @@ def _model_options(spec: JobSpec) -> dict:
 
 def build(spec: JobSpec, device: torch.device) -> Source:
     return HyperspectralSource(spec, device)
+
+
+# ------------------------------------------------------------------------------------------ trainer
+
+class Trainer(_Trainer):
+    """The generic loop, plus one line on which Mamba implementation runs: the fused mamba-ssm kernels
+    and the pure-PyTorch scan give the same numbers at very different speeds, so a slow run (or a
+    container built without mamba-ssm) must be visible in train.log and result.json."""
+
+    def setup(self) -> None:
+        super().setup()
+        from hpcseg.workloads.hyperspectral.models_ssmu import mamba_path, uses_mamba
+
+        if uses_mamba(self.bare_model):
+            path = mamba_path(self.device)
+            self.info.setdefault("model_details", {})["mamba"] = path
+            log.info("mamba: %s", path)
