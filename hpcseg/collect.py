@@ -381,7 +381,6 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
 def _sweep_best(run: Run, results: list[ModelResult], mode: str) -> list[ModelResult]:
     """For a sweep, the comparison is the best config of each model against the baseline, under the
     model's own name (``c003/unet`` -> ``unet``), so it lines up with an ordinary run of the job."""
-    import copy
 
     if not run.manifest.get("sweep"):
         return results

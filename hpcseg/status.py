@@ -198,7 +198,8 @@ def task_table(run: Run, states: Mapping[str, JobState] | None, note: str | None
         state, detail = _judge(run, k, ec, js, note)
         if v.damage and ec is None and not detail.startswith("exit"):
             detail = v.damage[0]
-        ts = TaskStatus(k, t["model"], t["fold"], state, detail, native, js.node if js else "",
+        label = f"{t['config']}/{t['model']}" if t.get("config") else t["model"]  # a sweep config's task
+        ts = TaskStatus(k, label, t["fold"], state, detail, native, js.node if js else "",
                         js.elapsed_s if js and js.elapsed_s is not None else (v.total_s or None),
                         v.epoch, epochs, metric, v.last, v.best, exit_code=ec,
                         requeues=requeues.get(str(k), 0), resubmits=resubmits.get(k, 0))

@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,8 @@ class TaskPlan:
     task_index: int | None = None
     run_id: str | None = None
     worker: bool = False  # an Optuna sweep's worker: loops over trials (hpcseg/sweep/worker.py)
+    # Called after each epoch's checkpoint with (epoch, history row); True stops the task as "pruned".
+    on_epoch: Callable[[int, dict[str, float]], bool] | None = None
 
 
 def cli_train(args: argparse.Namespace) -> int:
