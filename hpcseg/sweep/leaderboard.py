@@ -142,8 +142,8 @@ def best_overlay(best: Trial, metric: str, mode: str) -> str:
     """``best.yaml``: the best configuration's field paths and values, which ``--set-file`` applies."""
     head = (f"# hpcseg sweep: best configuration {best.name} ({best.model}), {metric} ({mode}) "
             f"mean {best.mean!r} over {len(best.values)} fold(s)\n"
-            f"# apply with: hpcseg submit JOB --set-file best.yaml\n")
-    return head + yaml.safe_dump(best.params, sort_keys=False, default_flow_style=False)
+            f"# apply with: hpcseg submit JOB --set-file best.yaml (sweep: null makes it one ordinary run)\n")
+    return head + yaml.safe_dump({**best.params, "sweep": None}, sort_keys=False, default_flow_style=False)
 
 
 def trials_of(run: Any, tasks: list[Any] | None) -> list[Trial]:
