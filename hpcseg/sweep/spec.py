@@ -57,6 +57,9 @@ class Param(_Strict):
         if not isinstance(v, dict):
             raise ValueError("expected one of {choice: [...]}, {uniform: [lo, hi]}, {log_uniform: [lo, hi]}, "
                              "{int: [lo, hi]}")
+        unknown = [str(k) for k in v if k not in ("choice", "uniform", "log_uniform", "int")]
+        if unknown:
+            raise ValueError(f"unknown distribution {unknown[0]!r}; use choice, uniform, log_uniform or int")
         return v
 
     @model_validator(mode="after")
