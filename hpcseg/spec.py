@@ -774,6 +774,11 @@ def _where(loc: tuple, fname: str, lines: dict[tuple, int], origins: dict[tuple,
     below = [origin for path, origin in origins.items() if loc and path[:len(loc)] == loc]
     if below:
         return below[-1]
+    # A required key missing from a section the file does not have: the --set or profile that made it.
+    parent = loc[:-1]
+    made = [origin for path, origin in origins.items() if parent and parent not in lines and path[:len(parent)] == parent]
+    if made:
+        return made[-1]
     for n in range(len(loc), -1, -1):
         if loc[:n] in lines:
             return f"{fname}:{lines[loc[:n]]}"

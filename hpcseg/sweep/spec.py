@@ -21,16 +21,26 @@ MAX_CONFIGS = 10_000  # an array this long is a typo in a grid, not a plan
 FORBIDDEN_ROOTS = ("sweep", "profiles", "name", "collection")
 
 
+_BOOLEANS = "(YAML reads true/yes/on and false/no/off as booleans)"
+
+
 def _number(v: Any) -> Any:
+    # The same words as hpcseg.spec's numbers (tests/test_spec.py walks every number of the schema).
     if isinstance(v, bool):
-        raise ValueError("expected a number, not a boolean")
-    if isinstance(v, int | float) and not math.isfinite(float(v)):
+        raise ValueError(f"expected a number, not {str(v).lower()} {_BOOLEANS}")
+    try:
+        finite = math.isfinite(float(v)) if isinstance(v, int | float | str) else True
+    except (ValueError, OverflowError):
+        finite = True  # not a number at all: pydantic's own message says so
+    if not finite:
         raise ValueError("must be a finite number, not NaN or infinity")
     return v
 
 
 def _whole(v: Any) -> Any:
-    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+    if isinstance(v, bool):
+        raise ValueError(f"expected a whole number, not {str(v).lower()} {_BOOLEANS}")
+    if isinstance(v, float) and not v.is_integer():
         raise ValueError(f"expected a whole number, got {v!r}")
     return v
 
