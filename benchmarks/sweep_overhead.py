@@ -88,6 +88,8 @@ def main() -> int:
     results = sorted(r.dir.glob("trials/*/unet/fold_0/result.json"))
     assert len(results) == args.trials, results
     worker_train = sum(train_seconds(f) for f in results)
+    # inside the worker, what a trial costs besides its epochs: data load, model build, checkpoints, study
+    in_worker = sum(float(json.loads(f.read_text())["attempt_seconds"]) for f in results) - worker_train
     lrs = [json.loads((f.parents[2] / "trial.json").read_text())["params"]["training.lr"] for f in results]
 
     # one process per trial, the same learning rates
@@ -109,6 +111,8 @@ def main() -> int:
           f"overhead {p_over:5.2f} s/trial ({p_over / max(per_train / n, 1e-9):.1f}x a trial's training)")
     print(f"  one worker process:    wall {worker_wall:6.2f} s, training {worker_train:6.2f} s, "
           f"overhead {w_over:5.2f} s/trial ({w_over / max(worker_train / n, 1e-9):.1f}x a trial's training)")
+    print(f"    of which inside train() per trial (data load, model, checkpoints): {in_worker / n:5.2f} s; "
+          f"the rest is the worker's one start and imports, paid once")
     print(f"  per-trial overhead, worker vs process per trial: {w_over / p_over:.2f}x "
           f"(sweep wall time {worker_wall / per_wall:.2f}x)")
     return 0
