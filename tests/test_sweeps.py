@@ -199,6 +199,20 @@ def test_slurm_grid_of_four_configs_one_fold(tmp_path, microbeads, cleanup):
 
 
 @pytest.mark.slurm
+def test_pbs_grid_through_the_torque_wrapper(tmp_path, microbeads, cleanup):
+    """PBS (Slurm's qsub wrapper): the same grid as one -J array, every task its own config."""
+    p = hpcseg("submit", str(write_job(tmp_path, microbeads, GRID, name="swpbs")), "--scheduler", "pbs",
+               "--runs-dir", str(tmp_path / "runs"))
+    assert p.returncode == 0, p.stderr
+    run = _run_of(p)
+    cleanup += run.manifest["native_ids"]
+    assert "#PBS -J 0-3" in (run.dir / "job.pbs").read_text()
+    data = _wait_ended(run)
+    assert [t["state"] for t in data["tasks"]] == ["completed"] * 4, data
+    assert "4/4 trial(s) done" in data["sweep"]
+
+
+@pytest.mark.slurm
 def test_slurm_random_sweep_through_submitit(tmp_path, microbeads, cleanup):
     p = hpcseg("submit", str(write_job(tmp_path, microbeads, RANDOM, name="swrand")), "--scheduler", "slurm",
                "--via", "submitit", "--runs-dir", str(tmp_path / "runs"))
