@@ -142,7 +142,12 @@ def summarize_run(run: Run, metric: str, mode: str, damaged: list[str] | None = 
                   ) -> tuple[list[TaskResult], list[str]]:
     """Every task of the run, in array-index order (models in spec order, folds ascending)."""
     results, warnings = [], []
-    for task in sorted(run.tasks, key=lambda t: t.index):
+    tasks = run.tasks
+    if (run.manifest.get("sweep") or {}).get("method") == "optuna":  # the trials, not the workers
+        from hpcseg.sweep.leaderboard import trial_tasks
+
+        tasks = trial_tasks(run)
+    for task in sorted(tasks, key=lambda t: t.index):
         r, w = summarize_task(run, task, metric, mode, damaged)
         results.append(r)
         warnings += w
@@ -332,7 +337,7 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
     if ref is not None:
         try:
             base, w = load_baseline(ref, metric, mode)
-            comp = compare_results(_sweep_best(run, results, mode), base, mode)
+            comp = compare_results(_sweep_best(run, results, tasks, mode), base, mode)
         except HpcsegError as exc:
             if against:
                 raise  # the user named this baseline: refusing it is the answer
@@ -378,22 +383,15 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
     }
 
 
-def _sweep_best(run: Run, results: list[ModelResult], mode: str) -> list[ModelResult]:
-    """For a sweep, the comparison is the best config of each model against the baseline, under the
-    model's own name (``c003/unet`` -> ``unet``), so it lines up with an ordinary run of the job."""
-
+def _sweep_best(run: Run, results: list[ModelResult], tasks: list[TaskResult], mode: str) -> list[ModelResult]:
+    """For a sweep, the comparison is the leaderboard's best configuration against the baseline, under
+    the model's own name (``c003/unet`` -> ``unet``), so it lines up with an ordinary run of the job."""
     if not run.manifest.get("sweep"):
         return results
-    best: dict[str, ModelResult] = {}
-    for r in results:
-        model = r.model.partition("/")[2] or r.model
-        if r.best is None:
-            continue
-        cur = best.get(model)
-        if cur is None or cur.best is None or (r.best > cur.best if mode == "max" else r.best < cur.best):
-            best[model] = r
-    return [_renamed(r, model)
-            for model, r in best.items()]
+    from hpcseg.sweep.leaderboard import best_label
+
+    label = best_label(run, tasks, mode)
+    return [_renamed(r, r.model.partition("/")[2] or r.model) for r in results if r.model == label]
 
 
 def _renamed(r: ModelResult, model: str) -> ModelResult:

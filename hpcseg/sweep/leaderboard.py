@@ -235,3 +235,27 @@ def print_sweep(sweep: dict[str, Any], console: Any) -> None:
                                 f"{(b['std'] or 0):.2g}; {b['params']}", style="bold"))
     for f in sweep["files"]:
         console.print(rich_text(f"  {f}"))
+
+
+def trial_tasks(run: Any) -> list[Any]:
+    """An Optuna run's trial folds as tasks (``t0003/unet`` fold k), which collect summarises instead of
+    the workers: each trial's histories are then in training_summary.csv, cv_results.json and the plots."""
+    from hpcseg.spec import Task
+
+    out: list[Any] = []
+    for rec in read_trial_records(run.dir):
+        name = f"t{rec['number']:04d}"
+        for model_dir in sorted((run.dir / TRIALS_DIR / name).glob("*/fold_*")):
+            try:
+                fold = int(model_dir.name.removeprefix("fold_"))
+            except ValueError:
+                continue
+            rel = f"{TRIALS_DIR}/{name}/{model_dir.parent.name}/{model_dir.name}"
+            out.append(Task(len(out), model_dir.parent.name, fold, config=name, dir=rel))
+    return out
+
+
+def best_label(run: Any, tasks: list[Any], mode: str) -> str | None:
+    """``config/model`` of the leaderboard's best completed configuration (what the comparison uses)."""
+    best = best_trial(trials_of(run, tasks), mode)
+    return None if best is None else f"{best.name}/{best.model}"

@@ -157,7 +157,9 @@ def run_trial(study: Any, trial: Any, plan: Any, spec: Any, run_dir: Path) -> in
         fold_dir = trial_dir / model.name / f"fold_{f}"
         fplan = TaskPlan(tspec, model, f, fold_dir, run_dir, plan.deadline, task_index=plan.task_index,
                          run_id=plan.run_id, on_epoch=on_epoch)
-        code = train(fplan)
+        result = _fold_result(fold_dir)
+        # Pruned before a kill kept the study from hearing it: the pruner's word stands, no more epochs.
+        code = EXIT_OK if result.get("reason") == "pruned" else train(fplan)
         result = _fold_result(fold_dir)
         if code == EXIT_REQUEUE:
             return EXIT_REQUEUE
