@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hpcseg.errors import SpecError
 from hpcseg.runs import Run, open_run
@@ -100,6 +102,32 @@ def test_random_is_deterministic_given_the_seed_and_inside_the_ranges(tmp_path):
     assert a == b and a != c and len(a) == 3
     for v in a.values():
         assert 1e-4 <= v["training.lr"] <= 1e-1 and v["training.batch_size"] in (2, 4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(lo=st.floats(1e-6, 1.0), span=st.floats(1.01, 9.0), ints=st.tuples(st.integers(1, 50), st.integers(0, 50)),
+       trials=st.integers(1, 20), seed=st.integers(0, 2**32 - 1), log=st.booleans())
+def test_random_configs_stay_in_range_validate_and_repeat(lo, span, ints, trials, seed, log):
+    """Whatever the ranges and seed: every sampled config lies in its ranges, passes the schema as the task
+    will apply it, and the same spec gives the same configs."""
+    from hpcseg.spec import JobSpec
+    from hpcseg.sweep.expand import configs
+    from hpcseg.sweep.spec import apply_overrides
+
+    hi = min(lo * span, 10.0)
+    e_lo, e_hi = ints[0], ints[0] + ints[1] + 1
+    doc = yaml.safe_load(JOB.format(name="h", data="/nonexistent", sweep="  method: random", epochs=2, size=32))
+    doc["sweep"] = {"method": "random", "trials": trials, "seed": seed,
+                    "params": {"training.lr": {"log_uniform" if log else "uniform": [lo, hi]},
+                               "training.epochs": {"int": [e_lo, e_hi]}}}
+    spec = JobSpec.model_validate(doc)
+    got = configs(spec)
+    assert got == configs(JobSpec.model_validate(doc)) and len(got) == trials
+    for over in got.values():
+        assert lo <= over["training.lr"] <= hi
+        assert e_lo <= over["training.epochs"] <= e_hi
+        t = apply_overrides(spec.model_dump(mode="json"), over)
+        assert t.sweep is None and t.training.epochs == over["training.epochs"]
 
 
 @pytest.mark.parametrize("sweep, phrase", [

@@ -51,9 +51,12 @@ def sample(param: Any, rng: random.Random) -> Any:
     if param.int is not None:
         return rng.randint(*param.int)
     if param.uniform is not None:
-        return _sig(rng.uniform(*param.uniform))
-    lo, hi = param.log_uniform
-    return _sig(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+        lo, hi = param.uniform
+        x = rng.uniform(lo, hi)
+    else:
+        lo, hi = param.log_uniform
+        x = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    return min(max(_sig(x), lo), hi)  # rounding never leaves the range (whose ends the schema checked)
 
 
 def sweep_tasks(spec: Any) -> list[Any]:
