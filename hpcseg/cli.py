@@ -38,6 +38,8 @@ def _job_args(p: argparse.ArgumentParser, job_required: bool = True) -> None:
     p.add_argument("--profile", help="named profile from the job file, e.g. quick")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any field, typed by the schema, e.g. --set training.lr=5e-5 (repeatable)")
+    p.add_argument("--set-file", dest="set_files", action="append", default=[], metavar="FILE",
+                   help="a YAML mapping of FIELD: VALUE applied as --set (e.g. a sweep's best.yaml); before --set")
 
 
 def build_parser() -> argparse.ArgumentParser:

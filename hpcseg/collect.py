@@ -130,7 +130,7 @@ def summarize_task(run: Run, task: Task, metric: str, mode: str, damaged: list[s
     if damaged is not None:
         damaged += [f"{run.dir.parent.name}/{run.run_id}/{b}" if not b.startswith("/") else b for b in bad]
     status, reason, code = read_task_status(d, has_history=h is not None)
-    t = TaskResult(task.index, task.model, task.fold, status, reason=reason, exit_code=code, history=h)
+    t = TaskResult(task.index, task.label, task.fold, status, reason=reason, exit_code=code, history=h)
     if h is not None:
         h.path = Path(f"{task.relpath}/history.csv")  # short, run-relative name in messages
         vals, w = summarize_history(h, metric, mode, exit_code=code)
@@ -146,7 +146,12 @@ def summarize_run(run: Run, metric: str, mode: str, damaged: list[str] | None = 
                   ) -> tuple[list[TaskResult], list[str]]:
     """Every task of the run, in array-index order (models in spec order, folds ascending)."""
     results, warnings = [], []
-    for task in sorted(run.tasks, key=lambda t: t.index):
+    tasks = run.tasks
+    if (run.manifest.get("sweep") or {}).get("method") == "optuna":  # the trials, not the workers
+        from hpcseg.sweep.leaderboard import trial_tasks
+
+        tasks = trial_tasks(run)
+    for task in sorted(tasks, key=lambda t: t.index):
         r, w = summarize_task(run, task, metric, mode, damaged)
         results.append(r)
         warnings += w
@@ -341,7 +346,7 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
     if ref is not None:
         try:
             base, w = load_baseline(ref, metric, mode)
-            comp = compare_results(results, base, mode)
+            comp = compare_results(_sweep_best(run, results, tasks, mode), base, mode)
         except HpcsegError as exc:
             if against:
                 raise  # the user named this baseline: refusing it is the answer
@@ -355,7 +360,12 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
             line = _headline(comp, cv["best_model"])
 
     files = {"summary": run.dir / SUMMARY_CSV, "cv": run.dir / CV_JSON, "comparison": run.dir / COMPARISON_MD}
+    sweep = None
     try:
+        if run.manifest.get("sweep"):
+            from hpcseg.sweep.leaderboard import write_sweep
+
+            sweep = write_sweep(run, tasks, metric, mode, plots=plots)
         write_text_atomic(files["summary"], summary_csv(tasks, metric))
         write_text_atomic(files["cv"], json.dumps(cv, indent=2) + "\n")
         write_text_atomic(files["comparison"], comparison_md(run, metric, mode, ref, comp, line, note))
@@ -383,6 +393,7 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
         "baseline_evaluation": base_evaluation,
         "warnings": warnings,
         "damaged": damaged,
+        "sweep": sweep,
         "files": {**{k: str(v) for k, v in files.items()}, "plots": [str(p) for p in plot_files]},
     }
 
@@ -397,6 +408,23 @@ def run_evaluation(run: Run, tasks: list[TaskResult] | None = None) -> dict[str,
         st = status.get(task.index) if status is not None else read_task_status(d, has_history=False)[0]
         rows.append((task.model, st or "", task_measures(d)))
     return aggregate_evaluation(rows)
+
+
+def _sweep_best(run: Run, results: list[ModelResult], tasks: list[TaskResult], mode: str) -> list[ModelResult]:
+    """For a sweep, the comparison is the leaderboard's best configuration against the baseline, under
+    the model's own name (``c003/unet`` -> ``unet``), so it lines up with an ordinary run of the job."""
+    if not run.manifest.get("sweep"):
+        return results
+    from hpcseg.sweep.leaderboard import best_label
+
+    label = best_label(run, tasks, mode)
+    return [_renamed(r, r.model.partition("/")[2] or r.model) for r in results if r.model == label]
+
+
+def _renamed(r: ModelResult, model: str) -> ModelResult:
+    import dataclasses
+
+    return dataclasses.replace(r, model=model)
 
 
 def _headline(comp: dict[str, Any], best_model: str | None) -> str | None:
@@ -470,6 +498,10 @@ def print_report(result: dict[str, Any], console: Any = None, max_task_rows: int
     if cv["best_model"]:
         console.print(Text.assemble("best model: ", T(cv["best_model"], style="bold"),
                                     f" ({printable(metric)} {fmt_value(cv['best_value'])})"))
+    if result.get("sweep"):
+        from hpcseg.sweep.leaderboard import print_sweep
+
+        print_sweep(result["sweep"], console)
     console.print(T(f"wrote {result['files']['summary']}, {CV_JSON}, {COMPARISON_MD}"
                     + (f", {len(result['files']['plots'])} plot(s)" if result["files"]["plots"] else "")))
 

@@ -74,7 +74,9 @@ class Run:
     def tasks(self) -> list[Task]:
         from hpcseg.spec import Task
 
-        return [Task(t["index"], t["model"], t["fold"]) for t in self.manifest["tasks"]]
+        return [Task(t["index"], t["model"], t["fold"], config=t.get("config"),
+                     dir=t["dir"] if t.get("config") else None)
+                for t in self.manifest["tasks"]]
 
     def task_dir(self, task: Task | int) -> Path:
         if isinstance(task, int):
@@ -184,7 +186,8 @@ def create_run(loaded: LoadedJob, scheduler: str, root: Path | None = None) -> R
         "profile": loaded.profile,
         "overrides": loaded.overrides,
         "spec": spec.model_dump(mode="json"),
-        "tasks": [{"index": t.index, "model": t.model, "fold": t.fold, "dir": t.relpath} for t in spec.tasks()],
+        "tasks": [{"index": t.index, "model": t.model, "fold": t.fold, "dir": t.relpath,
+                   **({"config": t.config} if t.config else {})} for t in spec.tasks()],
         "git": _git_state(),
         "host": socket.gethostname(),
         "user": getpass.getuser(),
@@ -196,6 +199,10 @@ def create_run(loaded: LoadedJob, scheduler: str, root: Path | None = None) -> R
         "state": "created",
         "requeues": {},
     }
+    if spec.sweep is not None:
+        from hpcseg.sweep.expand import manifest_entry
+
+        manifest["sweep"] = manifest_entry(spec)
     try:
         write_json_atomic(path / MANIFEST, manifest)
     except OSError as exc:  # the folder was made but cannot be written (full disk, quota): leave nothing

@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from hpcseg.errors import SpecError
+from hpcseg.sweep.spec import SweepSpec
 from hpcseg.workloads.registry import DEFAULT_LAYOUT, LAYOUTS, WORKLOAD_ARCHS
 
 # --------------------------------------------------------------------------------------------- schema
@@ -366,6 +367,15 @@ class JobSpec(Strict):
     container: ContainerSpec = Field(default_factory=lambda: ContainerSpec(runtime="none"))
     collection: CollectionSpec = Field(default_factory=CollectionSpec)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    sweep: SweepSpec | None = Field(None, description="Hyperparameter search as array jobs (docs/jobs.md).")
+
+    @model_validator(mode="after")
+    def _sweep_parallel(self) -> JobSpec:
+        # A grid/random sweep's `parallel` is the array's throttle unless resources already sets one.
+        if self.sweep and self.sweep.method != "optuna" and self.sweep.parallel \
+                and self.resources.array_parallelism is None:
+            self.resources.array_parallelism = self.sweep.parallel
+        return self
 
     @property
     def slug(self) -> str:
@@ -373,7 +383,12 @@ class JobSpec(Strict):
         return job_slug(self.name)
 
     def tasks(self) -> list[Task]:
-        """The models × folds of the job, in array-index order (model-major, so one model's folds sit together)."""
+        """The models × folds of the job, in array-index order (model-major, so one model's folds sit together);
+        a sweep's configs × models × folds, or its Optuna workers (hpcseg/sweep/expand.py)."""
+        if self.sweep is not None:
+            from hpcseg.sweep.expand import sweep_tasks
+
+            return sweep_tasks(self)
         folds = self.workload.split.folds
         return [
             Task(index=i * folds + f, model=m.name, fold=f)
@@ -412,15 +427,26 @@ def job_slug(name: str) -> str:
 
 @dataclass(frozen=True)
 class Task:
-    """One array element: a model trained on one fold."""
+    """One array element: a model trained on one fold (of one sweep config, when ``config`` is set)."""
 
     index: int
     model: str
     fold: int
+    config: str | None = None
+    dir: str | None = None  # a folder of its own (an Optuna worker's), instead of the model/fold one
 
     @property
     def relpath(self) -> str:
+        if self.dir:
+            return self.dir
+        if self.config:
+            return f"tasks/{self.config}/{self.model}/fold_{self.fold}"
         return f"tasks/{self.model}/fold_{self.fold}"
+
+    @property
+    def label(self) -> str:
+        """The model's name in summaries: ``c003/unet`` for a sweep config, so configs are not pooled."""
+        return f"{self.config}/{self.model}" if self.config else self.model
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -751,6 +777,11 @@ def _where(loc: tuple, fname: str, lines: dict[tuple, int], origins: dict[tuple,
     below = [origin for path, origin in origins.items() if loc and path[:len(loc)] == loc]
     if below:
         return below[-1]
+    # A required key missing from a section the file does not have: the --set or profile that made it.
+    parent = loc[:-1]
+    made = [origin for path, origin in origins.items() if parent and parent not in lines and path[:len(parent)] == parent]
+    if made:
+        return made[-1]
     for n in range(len(loc), -1, -1):
         if loc[:n] in lines:
             return f"{fname}:{lines[loc[:n]]}"
@@ -793,6 +824,10 @@ def load_job(path: str | Path, profile: str | None = None, overrides: list[str] 
     except ValidationError as exc:
         problems = _format_errors(exc, fname, lines, origins)
         raise SpecError(f"{fname}: {len(problems)} problem(s) in the job", problems=problems) from None
+    if spec.sweep is not None:
+        from hpcseg.sweep.spec import check_values
+
+        check_values(spec, fname, lines)
     return LoadedJob(spec=spec, path=path.resolve(), profile=profile, overrides=list(overrides or []), raw=doc,
                      lines=lines, origins=origins)
 

@@ -198,7 +198,8 @@ def task_table(run: Run, states: Mapping[str, JobState] | None, note: str | None
         state, detail = _judge(run, k, ec, js, note)
         if v.damage and ec is None and not detail.startswith("exit"):
             detail = v.damage[0]
-        ts = TaskStatus(k, t["model"], t["fold"], state, detail, native, js.node if js else "",
+        label = f"{t['config']}/{t['model']}" if t.get("config") else t["model"]  # a sweep config's task
+        ts = TaskStatus(k, label, t["fold"], state, detail, native, js.node if js else "",
                         js.elapsed_s if js and js.elapsed_s is not None else (v.total_s or None),
                         v.epoch, epochs, metric, v.last, v.best, exit_code=ec,
                         requeues=requeues.get(str(k), 0), resubmits=resubmits.get(k, 0))
@@ -401,8 +402,18 @@ def _run_header(run: Run, tasks: list[TaskStatus], rs: str) -> str:
     sched = m.get("scheduler")
     native = f"pid {m.get('pid')}" if sched == "local" else ", ".join(m.get("native_ids") or []) or "-"
     extra = f" ({m.get('error')})" if rs == "submit-failed" and m.get("error") else ""
-    return (f"{_ref(run)}  {m.get('job')}  {sched} {native}  state: {rs}{extra}  [{_summary(tasks)}]"
+    head = (f"{_ref(run)}  {m.get('job')}  {sched} {native}  state: {rs}{extra}  [{_summary(tasks)}]"
             f"\n  folder: {run.dir}")
+    return head + (f"\n  {sweep}" if (sweep := _sweep_line(run, tasks)) else "")
+
+
+def _sweep_line(run: Run, tasks: list[TaskStatus]) -> str | None:
+    """A sweep's trials done/running/pruned/failed and its best so far (hpcseg/sweep/leaderboard.py)."""
+    if not run.manifest.get("sweep"):
+        return None
+    from hpcseg.sweep.leaderboard import status_line
+
+    return status_line(run.manifest, run.dir, tasks)
 
 
 def _failures(tasks: list[TaskStatus]) -> list[str]:
@@ -473,6 +484,7 @@ def to_json(snap: Snapshot) -> dict[str, Any]:
             "scheduler": run.manifest.get("scheduler"), "native_ids": run.manifest.get("native_ids", []),
             "collect_id": run.manifest.get("collect_id"), "state": rs, "manifest_state": run.manifest.get("state"),
             "tasks": [{f: getattr(t, f) for f in TASK_FIELDS} | {"ended": t.ended} for t in tasks],
+            "sweep": _sweep_line(run, tasks),
         } for run, tasks, rs in snap.runs],
     }
 

@@ -80,6 +80,10 @@ def submit_job(loaded: LoadedJob, scheduler: str = "auto", via: str = "sbatch", 
         from hpcseg.splits import ensure_splits
 
         ensure_splits(run.dir, loaded.spec)
+        if loaded.spec.sweep is not None:
+            from hpcseg.sweep.expand import write_task_overrides
+
+            write_task_overrides(run.dir, run.manifest)
         script: Path | None = None
         if backend.script:
             from hpcseg.render import render_script

@@ -166,6 +166,22 @@ def with_options(bomb: str) -> Callable[[Path], None]:
     return edited((MODEL, MODEL[:-1] + f", options: {bomb}}}"))
 
 
+def with_sweep(body: str) -> Callable[[Path], None]:
+    """The valid job with a ``sweep:`` section (line 22) of ``body`` added at its end."""
+    def setup(tmp: Path) -> None:
+        job_file(tmp, text=BASE_JOB + "sweep:\n" + body)
+        dataset(tmp)
+    return setup
+
+
+def with_file(name: str, text: str) -> Callable[[Path], None]:
+    """The valid job and dataset, and ``name`` holding ``text`` beside them."""
+    def setup(tmp: Path) -> None:
+        valid(tmp)
+        (tmp / name).write_text(text, encoding="utf-8")
+    return setup
+
+
 def first_lookalike_run(tmp: Path) -> None:
     """A dry run of "beads (new lr)" exists; the case then submits "beads, new lr"."""
     valid(tmp)
@@ -266,6 +282,30 @@ CASES: list[Case] = [
          "--set training.learning_rate=1e-3: training.learning_rate: unknown key (did you mean 'lr'?)"),
     Case("set-wrong-type", ("render", "job.yaml", "--set", "training.epochs=many"), 2, SPEC_FIRST,
          "--set training.epochs=many: training.epochs: Input should be a valid integer"),
+    # sweeps (docs/jobs.md): every value a sweep can produce is checked by the schema before anything runs
+    Case("sweep-range-out-of-bounds", ("render", "job.yaml"), 2,
+         "hpcseg render: job.yaml:25: sweep.params.training.lr: 20.0 is refused by the schema: training.lr: "
+         "Input should be less than or equal to 10 (got 20.0)",
+         setup=with_sweep("  method: grid\n  params:\n    training.lr: {choice: [0.01, 20.0]}\n")),
+    Case("sweep-grid-continuous", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:22: sweep: grid needs choice or int for every parameter; training.lr is a continuous range",
+         setup=with_sweep("  method: grid\n  params:\n    training.lr: {uniform: [0.001, 0.1]}\n")),
+    Case("sweep-unknown-distribution", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:26: sweep.params.training.lr: unknown distribution 'normal'; use choice, uniform, "
+         "log_uniform or int",
+         setup=with_sweep("  method: random\n  trials: 2\n  params:\n    training.lr: {normal: [0, 1]}\n")),
+    Case("sweep-float-range-on-whole-number", ("render", "job.yaml"), 2,
+         "hpcseg render: job.yaml:26: sweep.params.training.batch_size: the field takes whole numbers; use "
+         "{int: [lo, hi]} or {choice: [...]}",
+         setup=with_sweep("  method: random\n  trials: 2\n  params:\n    training.batch_size: {uniform: [2, 8]}\n")),
+    Case("sweep-optuna-without-trials", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:22: sweep: method optuna needs trials: how many configurations to try",
+         setup=with_sweep("  method: optuna\n  params:\n    training.lr: {log_uniform: [1.0e-4, 0.1]}\n")),
+    Case("set-file-missing", ("render", "job.yaml", "--set-file", "best.yaml"), 2,
+         "hpcseg render: --set-file best.yaml: no such file"),
+    Case("set-file-not-a-mapping", ("render", "job.yaml", "--set-file", "best.yaml"), 2,
+         "hpcseg render: --set-file best.yaml: expected a mapping of field paths to values, e.g. 'training.lr: 0.001'",
+         setup=with_file("best.yaml", "- training.lr\n- 0.001\n")),
     # YAML: expansion is bounded, scalars are strict, and what a --set or profile broke is named
     Case("yaml-alias-bomb", ("render", "job.yaml"), 2,
          "hpcseg render: job.yaml:6: aliases and merge keys expand to more than 50000 values; write the values "

@@ -332,7 +332,8 @@ def _numeric_fields(model: type[BaseModel] = JobSpec, prefix: str = "") -> list[
         subs = [a for a in (f.annotation, *typing.get_args(f.annotation))
                 if isinstance(a, type) and issubclass(a, BaseModel)]
         for sub in subs:
-            head = f"{path}.a." if typing.get_origin(f.annotation) is list else f"{path}."
+            origin = typing.get_origin(f.annotation)  # models in a dict (sweep.params) by the key ``x``
+            head = f"{path}.a." if origin is list else f"{path}.x." if origin is dict else f"{path}."
             out += _numeric_fields(sub, head)
     return sorted(set(out))
 

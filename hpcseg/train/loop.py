@@ -105,6 +105,9 @@ class Trainer:
                 self.checkpoint(epoch, row, improved)
                 self.log_epoch(epoch, row, improved)
                 self.epoch_end(epoch, row)
+                if self.plan.on_epoch is not None and self.plan.on_epoch(epoch, row):  # a sweep's pruner
+                    log.info("pruned after epoch %d (the sweep's pruner stopped this trial)", epoch)
+                    return self.finish("pruned")
                 if self.es.stopped:
                     log.info("early stopping: no %s improvement over %d epoch(s)", self.metric, self.es.patience)
                     return self.finish("early_stopped")

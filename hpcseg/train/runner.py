@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,11 +58,18 @@ class TaskPlan:
     deadline: float | None = None  # absolute time.time() after which to checkpoint and stop
     task_index: int | None = None
     run_id: str | None = None
+    worker: bool = False  # an Optuna sweep's worker: loops over trials (hpcseg/sweep/worker.py)
+    # Called after each epoch's checkpoint with (epoch, history row); True stops the task as "pruned".
+    on_epoch: Callable[[int, dict[str, float]], bool] | None = None
 
 
 def cli_train(args: argparse.Namespace) -> int:
     started = time.time()
     plan = plan_from_args(args, started)
+    if plan.worker:
+        from hpcseg.sweep.worker import run_worker
+
+        return run_worker(plan)
     return train(plan)
 
 
@@ -82,6 +90,13 @@ def plan_from_args(args: argparse.Namespace, started: float | None = None) -> Ta
             raise HpcsegError(f"{run.dir}: task {index} does not exist; this run has tasks 0..{len(tasks) - 1}")
         task = tasks[index]
         spec = run.spec
+        if task.config is not None:  # a sweep's task: its config's overrides, or an Optuna worker
+            from hpcseg.sweep.expand import task_spec
+
+            spec = task_spec(run, task)
+            if spec is None:
+                return TaskPlan(run.spec, run.spec.model(task.model), 0, run.task_dir(task), run.dir, deadline,
+                                task_index=index, run_id=run.run_id, worker=True)
         return TaskPlan(spec, spec.model(task.model), task.fold, run.task_dir(task), run.dir, deadline,
                         task_index=index, run_id=run.run_id)
     if not args.job:
