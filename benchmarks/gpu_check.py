@@ -1,6 +1,6 @@
 """Everything that needs CUDA, measured in one run and printed as one table (run by gpu_check.sh).
 
-1. mamba: mamba_ssm's fused kernels against the pure-PyTorch selective scan (hpcseg.train.models_ssmu) on
+1. mamba: mamba_ssm's fused kernels against the pure-PyTorch selective scan (hpcseg.workloads.hyperspectral.models_ssmu) on
    the same module and input: max |difference| of the outputs, and milliseconds per forward+backward step.
 2. loop: hpcseg's training loop (bf16 autocast, channels_last, data resident on the GPU, one host sync per
    epoch) against a plain DataLoader fp32 loop on the same model, data and batch: images/s and the ratio.
@@ -50,9 +50,9 @@ def _ms_per_step(fn, x, reps: int, cuda: bool) -> float:
 
 def check_mamba(smoke: bool) -> list[Row]:
     import torch
-    from hpcseg.train.models_ssmu import MambaRef, mamba_reference_forward
 
-    from hpcseg.train import models_ssmu
+    from hpcseg.workloads.hyperspectral import models_ssmu
+    from hpcseg.workloads.hyperspectral.models_ssmu import MambaRef, mamba_reference_forward
 
     cuda = torch.cuda.is_available() and not smoke
     dev = torch.device("cuda" if cuda else "cpu")
@@ -191,7 +191,7 @@ def main() -> int:
     if not smoke and not torch.cuda.is_available():
         print("gpu_check: torch sees no CUDA device; use --cpu-smoke to test the script on CPU", file=sys.stderr)
         return 2
-    from hpcseg.synth import make_microbeads
+    from hpcseg.workloads.microbead.synth import make_microbeads
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="hpcseg_gpu_check_"))
     data = work / "microbeads"
