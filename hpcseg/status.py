@@ -577,9 +577,10 @@ def _exit(snap: Snapshot, prog: str = "hpcseg status") -> int:
 def _stall_rule(args: argparse.Namespace) -> StallRule:
     factor = getattr(args, "stall_factor", None)
     least = getattr(args, "stalled_after", None)
-    for name, v in (("--stall-factor", factor), ("--stalled-after", least)):
+    for name, v, what in (("--stall-factor", factor, "a factor >= 0, e.g. 3"),
+                          ("--stalled-after", least, "a number of seconds >= 0, e.g. 120")):
         if v is not None and not (v >= 0 and v < float("inf")):
-            raise HpcsegError(f"{name} {v}: give a finite number of seconds (or a factor) >= 0")
+            raise HpcsegError(f"{name} {v}: give {what}")
     return StallRule(STALL_FACTOR if factor is None else factor, STALL_MIN_S if least is None else least)
 
 
