@@ -434,8 +434,11 @@ def _ref(run: Run) -> str:
 
 
 def _summary(tasks: list[TaskStatus]) -> str:
+    """``3 running, 2 completed (1 stalled)``: a stalled task is still counted as running, and said."""
     c = Counter(t.state for t in tasks)
-    return ", ".join(f"{n} {s}" for s, n in sorted(c.items(), key=lambda kv: -kv[1]))
+    text = ", ".join(f"{n} {s}" for s, n in sorted(c.items(), key=lambda kv: -kv[1]))
+    stalled = sum(t.stalled_s is not None for t in tasks)
+    return f"{text} ({stalled} stalled)" if stalled else text
 
 
 def _task_rows(tasks: list[TaskStatus]) -> tuple[list[str], list[list[str]]]:

@@ -26,7 +26,7 @@ from hpcseg.schedulers.base import JobState
 from hpcseg.schedulers.slurm import parse_sacct
 from hpcseg.status import StallRule, task_table
 from hpcseg.taskfiles import TaskView, read_task_view
-from tests.test_faults import beads, job_file, started, submit, wait_for  # noqa: F401  (beads: fixture)
+from tests.test_faults import beads, epochs_in, job_file, started, submit, wait_for  # noqa: F401  (beads: fixture)
 from tests.test_schedulers_slurm import hpcseg, status_json, wait_ended
 from tests.test_status import make_run, write_task
 
@@ -115,6 +115,7 @@ def test_status_json_and_table_say_stalled(tmp_path):
     assert not tasks[1]["stalled"] and tasks[1]["stalled_s"] is None
     table = hpcseg("status", str(run.dir), env=env).stdout
     assert "running, stalled 5m0" in table and "since epoch 7" in table, table
+    assert "(1 stalled)" in hpcseg("status", "--runs-dir", str(run.dir.parent.parent), env=env).stdout
     quiet = hpcseg("status", str(run.dir), "--json", "--stalled-after", "600", env=env).stdout
     assert not json.loads(quiet)["runs"][0]["tasks"][0]["stalled"]
     bad = hpcseg("status", str(run.dir), "--stalled-after", "nan", env=env)
@@ -184,6 +185,7 @@ def test_slurm_restart_counts_both_attempts(tmp_path, beads, cleanup):  # noqa: 
     got = data["runs"][0]["tasks"][0]
     assert got["elapsed_s"] >= sum(raw) > max(raw), (got, raw)
     assert got["requeues"] == 1 and "completed (requeued 1×)" in hpcseg("status", str(run.dir)).stdout
+    assert epochs_in(run.task_dir(0)) == list(range(1, 9))  # resumed from its checkpoint, every epoch once
     assert not (run.task_dir(0) / "events.log").exists() or "requeueing" not in \
         (run.task_dir(0) / "events.log").read_text(), "the script should not have seen this requeue"
 
