@@ -221,14 +221,16 @@ def test_watch_redraws_one_table_in_place_in_a_terminal(tmp_path, beads):  # noq
             tm("new-session", "-d", "-s", name, "-x", "160", "-y", "40", "-c", str(Path.cwd()),
                f"{hp} status {run.dir} --watch --interval 0.5; echo WATCH-ENDED rc=$?; sleep 600")
         screens = []
+        interrupted = False
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             screen = tm("capture-pane", "-p", "-t", "watch")
             screens.append(screen)
             if "WATCH-ENDED" in screen:
                 break
-            if len(screens) == 6:
-                tm("send-keys", "-t", "stop", "C-c")
+            if not interrupted and "TASK  MODEL" in tm("capture-pane", "-p", "-t", "stop"):
+                tm("send-keys", "-t", "stop", "C-c")  # once its table is up: Ctrl-C in the refresh loop
+                interrupted = True
             time.sleep(0.7)
         history = tm("capture-pane", "-p", "-S", "-", "-t", "watch")
         stopped = tm("capture-pane", "-p", "-S", "-", "-t", "stop")
