@@ -44,6 +44,9 @@ RECENT = 20
 # STALL_MIN_S, is flagged "stalled": a dead node keeps its tasks "running" for minutes before Slurm notices.
 STALL_FACTOR = 3.0
 STALL_MIN_S = 60.0
+# States in which a task that exited 75 is on its way back: the scheduler requeued it (node failure,
+# `scontrol requeue`, preemption); the next attempt's job script removes the stale exit_code.
+BACK_IN_QUEUE = ("pending", "requeued")
 # A job can take a few seconds to reach accounting; until then "not listed" means "not started yet".
 LISTING_GRACE_S = 300
 
@@ -86,7 +89,8 @@ class TaskStatus:
 
     @property
     def ended(self) -> bool:
-        return self.exit_code is not None or self.state in ENDED
+        """An exit_code ends a task, unless the scheduler is bringing it back (a 75 it requeued itself)."""
+        return (self.exit_code is not None and self.state not in BACK_IN_QUEUE) or self.state in ENDED
 
 
 TASK_FIELDS = [f.name for f in fields(TaskStatus)]
@@ -118,6 +122,8 @@ def _judge(run: Run, index: int, ec: int | None, js: JobState | None, note: str 
     cancelled = m.get("state") == "cancelled" or index in m.get("cancelled_tasks", [])
     if ec is not None:
         meaning = f"exit {ec}: {EXIT_MEANING.get(ec, 'failed')}"
+        if ec == 75 and not cancelled and js is not None and js.state in BACK_IN_QUEUE:
+            return js.state, f"exit 75 (checkpoint kept); the scheduler has requeued it ({js.native or js.state})"
         if ec == 0:
             return "completed", ""
         if cancelled or (js and js.state == "cancelled"):

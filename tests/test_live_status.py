@@ -80,7 +80,7 @@ def test_stall_rule_is_the_median_rule(secs, age, factor, floor):
     """Stalled exactly when the time since the last epoch exceeds both the floor and factor x median."""
     s = sorted(secs)
     median = s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
-    now = 1e9
+    now = 0.0  # so that now - mtime is exactly age (no rounding at the threshold)
     v = TaskView(epoch=len(secs), median_epoch_s=median, history_mtime=now - age)
     got = StallRule(factor, floor).stalled_for(v, now)
     assert (got is not None) == (age > max(floor, factor * median))
@@ -161,6 +161,24 @@ def test_elapsed_and_requeues_cover_every_attempt(tmp_path):
     # once ended the run is judged from files alone: the restart Slurm told of is not forgotten
     again = task_table(run.reload(), {})
     assert again[0].requeues == 1 and again[0].elapsed_s == 120.0
+
+
+def test_exit_75_requeued_by_the_scheduler_is_not_ended(tmp_path):
+    """A TERM from ``scontrol requeue`` (or a node-failure requeue) makes the trainer checkpoint and the job
+    script write exit 75; Slurm holds the element (BeginTime) before restarting it. Meanwhile the task is
+    pending, not ended, so ``--watch`` and scripts keep waiting; without the scheduler's word it stays
+    preempted."""
+    from hpcseg.status import run_state
+
+    run = make_run(tmp_path)
+    write_task(run, 0, epochs=2, exit_code=75)
+    back = {"4242_0": JobState("pending", "PENDING", "", 30.0, restarts=1)}
+    t = task_table(run, back)[0]
+    assert (t.state, t.ended, t.requeues) == ("pending", False, 1) and "requeued" in t.detail, t
+    assert run_state(run, task_table(run, back)) == "pending"
+    gone = task_table(run, {"4242_0": JobState("failed", "FAILED", "node1", 30.0)})[0]
+    assert (gone.state, gone.ended) == ("preempted", True), gone
+    assert task_table(run, {})[0].ended
 
 
 @pytest.mark.slurm
