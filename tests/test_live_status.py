@@ -192,8 +192,10 @@ def test_slurm_restart_counts_both_attempts(tmp_path, beads, cleanup):  # noqa: 
     wait_for(started(run.task_dir(0), 2), 120, "two epochs in history.csv")
     p = subprocess.run(["scontrol", "requeue", f"{job}_0"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
-    tasks, _ = wait_ended(run, timeout=240)
+    tasks, seen = wait_ended(run, timeout=240)
     assert tasks[0]["state"] == "completed" and tasks[0]["requeues"] == 1, tasks
+    # while Slurm held it (~20 s, BeginTime) after its exit 75: pending, never "preempted" and ended
+    assert seen & {"pending", "requeued"} and seen <= {"running", "pending", "requeued", "completed"}, seen
     rc, data = status_json(run)
     assert data["scheduler"]["calls"] == 1, data["scheduler"]
     attempts = subprocess.run(["sacct", "-X", "-D", "-n", "-P", "-o", "State,ElapsedRaw", "-j", f"{job}_0"],
