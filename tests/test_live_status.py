@@ -215,9 +215,13 @@ def test_slurm_restart_counts_both_attempts(tmp_path, beads, cleanup):  # noqa: 
 
 def _tmux() -> str:
     found = shutil.which("tmux")
-    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "-q", "tmux"], capture_output=True, timeout=300)
-        found = shutil.which("tmux")
+    if found is None and shutil.which("apt-get") and os.geteuid() == 0:  # as scripts/browser.sh does
+        for step in (["install"], ["update"], ["install"]):  # a fresh machine may have no package lists
+            args = ["apt-get", *step, "-y", "-q", *(["--no-install-recommends", "tmux"] if step == ["install"] else [])]
+            subprocess.run(args, capture_output=True, timeout=300)
+            found = shutil.which("tmux")
+            if found:
+                break
     if found is None:
         pytest.skip("tmux is not installed and could not be installed with apt-get (needed to see --watch)")
     return found
