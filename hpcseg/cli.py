@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", nargs="?", help="run id, run folder or job name (latest run); none: recent runs")
     p.add_argument("--watch", action="store_true", help="refresh until every task has ended")
     p.add_argument("--interval", type=float, default=10.0, help="seconds between refreshes with --watch")
+    p.add_argument("--stalled-after", type=float, metavar="S",
+                   help="flag a running task stalled after no epoch for at least S seconds (default: 60)")
+    p.add_argument("--stall-factor", type=float, metavar="X",
+                   help="... and for X times its median epoch time (default: 3)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--runs-dir")
     p.add_argument("--last", type=int, default=20, metavar="N",

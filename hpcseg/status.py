@@ -40,6 +40,13 @@ from hpcseg.taskfiles import (  # noqa: F401  (Progress, TAIL_LINES: re-exported
 )
 
 RECENT = 20
+# A running task whose history.csv has not grown for STALL_FACTOR x its median epoch time, and at least
+# STALL_MIN_S, is flagged "stalled": a dead node keeps its tasks "running" for minutes before Slurm notices.
+STALL_FACTOR = 3.0
+STALL_MIN_S = 60.0
+# States in which a task that exited 75 is on its way back: the scheduler requeued it (node failure,
+# `scontrol requeue`, preemption); the next attempt's job script removes the stale exit_code.
+BACK_IN_QUEUE = ("pending", "requeued")
 # A job can take a few seconds to reach accounting; until then "not listed" means "not started yet".
 LISTING_GRACE_S = 300
 
@@ -68,16 +75,22 @@ class TaskStatus:
     log_tail: list[str] = field(default_factory=list)
     requeues: int = 0   # in-job requeues (events.log, folded into the manifest's `requeues`)
     resubmits: int = 0  # `hpcseg resubmit` rounds (the manifest's `resubmissions`)
+    stalled_s: float | None = None  # running, but no epoch for this long (see STALL_FACTOR)
 
     @property
     def shown_state(self) -> str:
-        """The state with how often the task went back to the queue, e.g. ``running (requeued 1×)``."""
+        """The state with a stall and how often the task went back to the queue, e.g.
+        ``running, stalled 4m12s since epoch 7 (requeued 1×)``."""
+        state = self.state
+        if self.stalled_s is not None:
+            state += f", stalled {_short_dur(self.stalled_s)} since epoch {self.epoch or 0}"
         again = [f"{w} {n}×" for w, n in (("requeued", self.requeues), ("resubmitted", self.resubmits)) if n]
-        return f"{self.state} ({', '.join(again)})" if again else self.state
+        return f"{state} ({', '.join(again)})" if again else state
 
     @property
     def ended(self) -> bool:
-        return self.exit_code is not None or self.state in ENDED
+        """An exit_code ends a task, unless the scheduler is bringing it back (a 75 it requeued itself)."""
+        return (self.exit_code is not None and self.state not in BACK_IN_QUEUE) or self.state in ENDED
 
 
 TASK_FIELDS = [f.name for f in fields(TaskStatus)]
@@ -109,6 +122,8 @@ def _judge(run: Run, index: int, ec: int | None, js: JobState | None, note: str 
     cancelled = m.get("state") == "cancelled" or index in m.get("cancelled_tasks", [])
     if ec is not None:
         meaning = f"exit {ec}: {EXIT_MEANING.get(ec, 'failed')}"
+        if ec == 75 and not cancelled and js is not None and js.state in BACK_IN_QUEUE:
+            return js.state, f"exit 75 (checkpoint kept); the scheduler has requeued it ({js.native or js.state})"
         if ec == 0:
             return "completed", ""
         if cancelled or (js and js.state == "cancelled"):
@@ -172,25 +187,67 @@ def task_views(run: Run, cache: TaskCache | None = None) -> list[TaskView]:
     return [cache.view(base + t["dir"], metric, mode, ref, t["dir"]) for t in run.manifest["tasks"]]
 
 
+@dataclass(frozen=True)
+class StallRule:
+    """When a running task counts as stalled: no new epoch for ``factor`` x its median epoch time, and
+    for at least ``min_s`` seconds (short epochs jitter; a checkpoint write can double one)."""
+
+    factor: float = STALL_FACTOR
+    min_s: float = STALL_MIN_S
+
+    def stalled_for(self, v: TaskView, now: float) -> float | None:
+        """Seconds since the task's last epoch when that is too long, else None. Before its first epoch a
+        task has no epoch time to judge by, and is never flagged."""
+        if v.history_mtime is None or not v.median_epoch_s or not v.epoch:
+            return None
+        since = max(0.0, now - v.history_mtime)
+        return since if since > max(self.min_s, self.factor * v.median_epoch_s) else None
+
+
+def _task_native(m: dict[str, Any], k: int) -> str | None:
+    native = (m.get("task_ids") or {}).get(str(k))
+    return native if isinstance(native, str) else None
+
+
+def _requeue_counts(run: Run, views: list[TaskView], states: Mapping[str, JobState] | None) -> dict[str, int]:
+    """Requeues per task: those the job script made (events.log) or the scheduler counted (a restart after
+    a node failure, which the script never sees; the script's own requeues are among the scheduler's
+    too, so the larger count is right). Never fewer than recorded: an ended run is judged without asking
+    the scheduler, and must not forget the restarts it was told of."""
+    m = run.manifest
+    stored = m.get("requeues") or {}
+    out = {}
+    for t, v in zip(m["tasks"], views, strict=True):
+        k = str(t["index"])
+        native = _task_native(m, t["index"])
+        js = states.get(native) if states and native else None
+        old = stored.get(k) if isinstance(stored, dict) else None
+        n = max(v.requeues, js.restarts if js else 0, old if isinstance(old, int) else 0)
+        if n:
+            out[k] = n
+    return out
+
+
 def task_table(run: Run, states: Mapping[str, JobState] | None, note: str | None = None,
-               views: list[TaskView] | None = None) -> list[TaskStatus]:
+               views: list[TaskView] | None = None, stall: StallRule | None = None,
+               now: float | None = None) -> list[TaskStatus]:
     """Every task of ``run`` judged from its files and ``states`` (from one poll of all runs shown).
 
     ``note`` says why ``states`` may be empty (e.g. the scheduler is unreachable); ``views``: the task
-    files already read (by :func:`snapshot`), else they are read here.
+    files already read (by :func:`snapshot`), else they are read here; ``stall``: when a running task is
+    flagged stalled (default :class:`StallRule`), judged at ``now`` (default: the clock).
     """
     m = run.manifest
     epochs, metric, _, early = _settings(m)
-    ids = m.get("task_ids") or {}
     views = views if views is not None else task_views(run)
-    requeues = store_requeues(run, {str(t["index"]): v.requeues for t, v in zip(m["tasks"], views, strict=True)
-                                    if v.requeues})
+    requeues = store_requeues(run, _requeue_counts(run, views, states))
     resubmits = resubmit_counts(m)
+    stall = stall or StallRule()
+    now = time.time() if now is None else now
     out = []
     for t, v in zip(m["tasks"], views, strict=True):
         k = t["index"]
-        native = ids.get(str(k))
-        native = native if isinstance(native, str) else None
+        native = _task_native(m, k)
         js = states.get(native) if states and native else None
         if js is None and states:
             js = _array_level(states, m.get("native_ids") or [], run.dir / t["dir"], native)
@@ -200,16 +257,28 @@ def task_table(run: Run, states: Mapping[str, JobState] | None, note: str | None
             detail = v.damage[0]
         label = f"{t['config']}/{t['model']}" if t.get("config") else t["model"]  # a sweep config's task
         ts = TaskStatus(k, label, t["fold"], state, detail, native, js.node if js else "",
-                        js.elapsed_s if js and js.elapsed_s is not None else (v.total_s or None),
-                        v.epoch, epochs, metric, v.last, v.best, exit_code=ec,
+                        _elapsed(js, v), v.epoch, epochs, metric, v.last, v.best, exit_code=ec,
                         requeues=requeues.get(str(k), 0), resubmits=resubmits.get(k, 0))
-        if state == "running" and v.mean_epoch_s is not None and v.epoch is not None:
-            ts.eta_s = v.mean_epoch_s * max(0, epochs - v.epoch)
+        if state == "running" and ec is None:
+            ts.stalled_s = stall.stalled_for(v, now)
+        if state == "running" and ts.stalled_s is None and v.mean_epoch_s is not None and v.epoch is not None:
+            ts.eta_s = v.mean_epoch_s * max(0, epochs - v.epoch)  # a stalled task has no honest ETA
             ts.eta_at_most = early
         if state in ("failed", "timeout", "preempted"):
             ts.log, ts.log_tail = _failure_log(run, k, run.dir / t["dir"])
         out.append(ts)
     return out
+
+
+def _elapsed(js: JobState | None, v: TaskView) -> float | None:
+    """Time the task has run over ALL its attempts: the scheduler's sum over its records (sacct -D keeps
+    one per attempt) or the history's epoch times (which span every attempt, the resumed ones too),
+    whichever is larger; either alone may miss an attempt (accounting purged, or a crash mid-epoch)."""
+    sched = js.elapsed_s if js is not None else None
+    files = v.total_s or None
+    if sched is None or files is None:
+        return sched if sched is not None else files
+    return max(sched, files)
 
 
 def _array_level(states: Mapping[str, JobState], job_ids: list[str], task_dir: Path,
@@ -314,10 +383,11 @@ class Snapshot:
 
 
 def snapshot(runs: list[Run], single: bool = False, reload: bool = False, cache: TaskCache | None = None,
-             damaged: list[str] | None = None) -> Snapshot:
+             damaged: list[str] | None = None, stall: StallRule | None = None) -> Snapshot:
     """One refresh: the task files read (or taken from ``cache`` while unchanged), one poll for all
     ``runs``, then every task judged. ``reload``: re-read manifests (a refresh of --watch; the first look
-    uses what was just read). ``damaged``: lines already found (e.g. foreign manifests)."""
+    uses what was just read). ``damaged``: lines already found (e.g. foreign manifests); ``stall``: when a
+    running task counts as stalled."""
     bad = list(damaged or [])
     if reload:
         kept = []
@@ -332,7 +402,7 @@ def snapshot(runs: list[Run], single: bool = False, reload: bool = False, cache:
     note = "; ".join(errors) if errors else None
     out = []
     for r in runs:
-        tasks = task_table(r, states, note, views[r.dir])
+        tasks = task_table(r, states, note, views[r.dir], stall)
         out.append((r, tasks, run_state(r, tasks)))
         bad += [d for v in views[r.dir] for d in v.damage]
     if cache is not None:
@@ -341,6 +411,16 @@ def snapshot(runs: list[Run], single: bool = False, reload: bool = False, cache:
 
 
 # --------------------------------------------------------------------------------------------- output
+
+
+def _short_dur(s: float) -> str:
+    """``4m12s``, ``1h03m``, ``45s``: the stall in the state column, short enough to read at a glance."""
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _dur(s: float | None) -> str:
@@ -361,8 +441,11 @@ def _ref(run: Run) -> str:
 
 
 def _summary(tasks: list[TaskStatus]) -> str:
+    """``3 running, 2 completed (1 stalled)``: a stalled task is still counted as running, and said."""
     c = Counter(t.state for t in tasks)
-    return ", ".join(f"{n} {s}" for s, n in sorted(c.items(), key=lambda kv: -kv[1]))
+    text = ", ".join(f"{n} {s}" for s, n in sorted(c.items(), key=lambda kv: -kv[1]))
+    stalled = sum(t.stalled_s is not None for t in tasks)
+    return f"{text} ({stalled} stalled)" if stalled else text
 
 
 def _task_rows(tasks: list[TaskStatus]) -> tuple[list[str], list[list[str]]]:
@@ -457,7 +540,8 @@ def render_rich(snap: Snapshot, single: bool) -> Any:
             tbl.add_column(h, no_wrap=True)
         for r in rows:
             r = list(r)
-            style = colors.get(r[state_col].split(" ")[0], "")  # "running (requeued 1×)" -> running
+            word = r[state_col].split(" ")[0].rstrip(",")  # "running, stalled ... (requeued 1×)" -> running
+            style = "bold yellow" if ", stalled " in r[state_col] else colors.get(word, "")
             tbl.add_row(*map(Text, r[:state_col]), Text(r[state_col], style=style), *map(Text, r[state_col + 1:]))
         return tbl
 
@@ -483,7 +567,9 @@ def to_json(snap: Snapshot) -> dict[str, Any]:
             "run": _ref(run), "run_id": run.run_id, "job": run.manifest.get("job"), "dir": str(run.dir),
             "scheduler": run.manifest.get("scheduler"), "native_ids": run.manifest.get("native_ids", []),
             "collect_id": run.manifest.get("collect_id"), "state": rs, "manifest_state": run.manifest.get("state"),
-            "tasks": [{f: getattr(t, f) for f in TASK_FIELDS} | {"ended": t.ended} for t in tasks],
+            "tasks": [{f: getattr(t, f) for f in TASK_FIELDS}
+                      | {"ended": t.ended, "stalled": t.stalled_s is not None, "shown_state": t.shown_state}
+                      for t in tasks],
             "sweep": _sweep_line(run, tasks),
         } for run, tasks, rs in snap.runs],
     }
@@ -509,11 +595,22 @@ def _exit(snap: Snapshot, prog: str = "hpcseg status") -> int:
     return EXIT_SCHEDULER if snap.errors else EXIT_DAMAGED if snap.damaged else 0
 
 
+def _stall_rule(args: argparse.Namespace) -> StallRule:
+    factor = getattr(args, "stall_factor", None)
+    least = getattr(args, "stalled_after", None)
+    for name, v, what in (("--stall-factor", factor, "a factor >= 0, e.g. 3"),
+                          ("--stalled-after", least, "a number of seconds >= 0, e.g. 120")):
+        if v is not None and not (v >= 0 and v < float("inf")):
+            raise HpcsegError(f"{name} {v}: give {what}")
+    return StallRule(STALL_FACTOR if factor is None else factor, STALL_MIN_S if least is None else least)
+
+
 def cli_status(args: argparse.Namespace) -> int:
+    stall = _stall_rule(args)
     runs, single, damaged, root = _select(args)
     cache = TaskCache(cache_file(root))
     if not args.watch:
-        snap = snapshot(runs, single, cache=cache, damaged=damaged)
+        snap = snapshot(runs, single, cache=cache, damaged=damaged, stall=stall)
         if args.json:
             print(json.dumps(to_json(snap)))
         elif sys.stdout.isatty():
@@ -523,26 +620,31 @@ def cli_status(args: argparse.Namespace) -> int:
         else:
             print(render_plain(snap, single))
         return _exit(snap)
-    return _watch(runs, single, args, cache, damaged)
+    return _watch(runs, single, args, cache, damaged, stall)  # Ctrl-C: cli.main says "interrupted", exit 130
 
 
 def _watch(runs: list[Run], single: bool, args: argparse.Namespace, cache: TaskCache | None = None,
-           damaged: list[str] | None = None) -> int:
+           damaged: list[str] | None = None, stall: StallRule | None = None) -> int:
+    """Refresh until every task has ended. On a terminal ONE table is redrawn in place (rich's Live);
+    otherwise (a pipe, a log file) each refresh is printed after a ``--- HH:MM:SS`` line."""
     interval = max(0.5, float(getattr(args, "interval", 10.0)))
     if sys.stdout.isatty() and not args.json:
         from rich.console import Console
         from rich.live import Live
 
-        with Live(console=Console(), auto_refresh=False) as live:
+        console = Console()
+        # Live draws below what is on screen and moves the cursor up over its own last drawing to redraw;
+        # a table taller than the screen is cut ("...") rather than scrolled, which would leave copies.
+        with Live(console=console, auto_refresh=False, vertical_overflow="ellipsis") as live:
             while True:
-                snap = snapshot(runs, single, reload=True, cache=cache, damaged=damaged)
+                snap = snapshot(runs, single, reload=True, cache=cache, damaged=damaged, stall=stall)
                 live.update(render_rich(snap, single), refresh=True)
                 if snap.ended:
                     break
                 time.sleep(interval)
     else:
         while True:
-            snap = snapshot(runs, single, reload=True, cache=cache, damaged=damaged)
+            snap = snapshot(runs, single, reload=True, cache=cache, damaged=damaged, stall=stall)
             stamp = time.strftime("%H:%M:%S")
             print(json.dumps(to_json(snap)) if args.json else f"--- {stamp}\n{render_plain(snap, single)}",
                   flush=True)

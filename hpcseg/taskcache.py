@@ -24,7 +24,7 @@ from typing import Any
 
 from hpcseg.taskfiles import EVENTS, EXIT_CODE, HISTORY, TaskView, read_task_view
 
-VERSION = 1
+VERSION = 2  # 2: views carry the median epoch time and the history's mtime (stalled tasks)
 RACY_S = 2.0
 _FIELDS = [f.name for f in fields(TaskView)]
 _FILES = ("/" + HISTORY, "/" + EXIT_CODE, "/" + EVENTS)

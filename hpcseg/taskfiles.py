@@ -369,10 +369,18 @@ class Progress:
     total_s: float = 0.0
     partial: bool = False
     damage: list[str] = field(default_factory=list)
+    median_epoch_s: float | None = None  # of the rows read: one slow epoch does not hide a stall
 
 
 def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
+
+
+def _median(xs: list[float]) -> float:
+    """Without ``statistics`` (its import costs status more than this sort of a few rows)."""
+    s = sorted(xs)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else s[mid - 1] / 2 + s[mid] / 2
 
 
 def progress_of(t: Table, metric: str, mode: str) -> Progress:
@@ -396,6 +404,7 @@ def progress_of(t: Table, metric: str, mode: str) -> Progress:
             total = sum(x / len(secs) for x in secs) * len(secs)  # no overflow to inf for 1e308 cells
             out.mean_epoch_s = _finite(total / len(secs))
             out.total_s = 0.0 if t.partial or not math.isfinite(total) else total
+            out.median_epoch_s = _finite(_median(secs))
     return out
 
 
@@ -848,10 +857,13 @@ class TaskView:
     partial: bool = False
     requeues: int = 0
     damage: list[str] = field(default_factory=list)
+    median_epoch_s: float | None = None
+    history_mtime: float | None = None  # when the last epoch was appended (history.csv has no clock column)
 
     @property
     def progress(self) -> Progress:
-        return Progress(self.epoch, self.last, self.best, self.mean_epoch_s, self.total_s, self.partial)
+        return Progress(self.epoch, self.last, self.best, self.mean_epoch_s, self.total_s, self.partial,
+                        median_epoch_s=self.median_epoch_s)
 
 
 def read_task_view(task_dir: str, metric: str, mode: str, label: str | None = None) -> TaskView:
@@ -861,10 +873,16 @@ def read_task_view(task_dir: str, metric: str, mode: str, label: str | None = No
         return TaskView(damage=[problem])
     code, bad_code = exit_code_of(Path(task_dir))
     label = label or task_dir
+    history = os.path.join(task_dir, HISTORY)
     try:
-        t = read_last_rows(os.path.join(task_dir, HISTORY), f"{label}/{HISTORY}")
+        mtime: float | None = os.stat(history).st_mtime  # before the read: a row appended meanwhile looks older
+    except OSError:
+        mtime = None  # read_last_rows says what is wrong with it
+    try:
+        t = read_last_rows(history, f"{label}/{HISTORY}")
         prog = progress_of(t, metric, mode)
     except FileNotFoundError:
         prog = Progress()
     return TaskView(code, prog.epoch, prog.last, prog.best, prog.mean_epoch_s, prog.total_s, prog.partial,
-                    count_requeues(Path(task_dir)), [p for p in [bad_code] if p] + prog.damage)
+                    count_requeues(Path(task_dir)), [p for p in [bad_code] if p] + prog.damage,
+                    prog.median_epoch_s, mtime)

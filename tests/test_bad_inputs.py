@@ -436,6 +436,8 @@ CASES: list[Case] = [
          "hpcseg collect: unknown run 'nope' under <tmp>/runs; recent runs: none yet"),
     Case("unknown-run-logs", ("logs", "nope"), 2,
          "hpcseg logs: unknown run 'nope' under <tmp>/runs; recent runs: none yet"),
+    Case("stalled-after-nan", ("status", "--stalled-after", "nan"), 2,
+         "hpcseg status: --stalled-after nan: give a number of seconds >= 0, e.g. 120"),
     Case("runs-dir-not-writable", (*SUBMIT, "--runs-dir", "afile/runs"), 2,
          "hpcseg submit: <tmp>/afile/runs: cannot create the run folder", setup=runs_under_a_file),
     # --- directive lines and the files hpcseg writes

@@ -42,6 +42,7 @@ class JobState:
     elapsed_s: float | None = None
     exit_code: str = ""
     array_level: bool = False  # the whole array's record, when the scheduler cannot show elements
+    restarts: int = 0  # times the scheduler put it back in the queue (its own requeues, e.g. after a node failure)
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Slurm through ``sbatch`` of our rendered script; states from ONE ``sacct`` (``squeue`` without accounting).
 
 Hooks (psij-style): submit = ``sbatch --parsable job.slurm`` in the run folder; id = the first field of
-its output; status = ``sacct -X -n -P -o JobID,State,ExitCode,NodeList,Elapsed -j a,b,c`` for every job
-of every run shown; parser = one ``|``-separated line per job or element, pending ranges such as
+its output; status = ``sacct -X -D -n -P -o JobID,State,ExitCode,NodeList,Elapsed -j a,b,c`` for every job
+of every run shown; parser = one ``|``-separated line per job or element and attempt (``-D``: a requeued
+element keeps one record per attempt, whoever requeued it, so its restarts and the elapsed time of every
+attempt come from the same single call; this sacct has no ``Restarts`` field), pending ranges such as
 ``123_[0-5%2]`` expanded; state map below. Jobs not yet in accounting, or gone from ``squeue``, are
 judged by status from their exit_code files.
 """
@@ -66,7 +68,11 @@ def expand_id(job_id: str) -> list[str]:
 
 
 def parse_sacct(text: str) -> dict[str, JobState]:
-    """``JobID|State|ExitCode|NodeList|Elapsed`` lines (sacct -X -n -P) to states; the last line of an id wins."""
+    """``JobID|State|ExitCode|NodeList|Elapsed`` lines (sacct -X -D -n -P) to states.
+
+    The last line of an id (its latest attempt) gives state, node and exit code; every earlier line of
+    the same id is an attempt the scheduler requeued (``-D``), counted in ``restarts`` and whose elapsed
+    time is added, so a task put back after a node failure shows all the time it has run."""
     out: dict[str, JobState] = {}
     for line in text.splitlines():
         f = line.strip().split("|")
@@ -74,9 +80,15 @@ def parse_sacct(text: str) -> dict[str, JobState]:
             continue
         native = f[1].split()[0] if f[1].strip() else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
         node = "" if f[3] in ("None assigned", "(null)") else f[3]
-        js = JobState(STATE_MAP.get(native, "unknown"), native, node, hms_seconds(f[4]), f[2])
+        elapsed = hms_seconds(f[4])
         for jid in expand_id(f[0]):
-            out[jid] = js
+            before = out.get(jid)
+            restarts, total = 0, elapsed
+            if before is not None:
+                restarts = before.restarts + 1
+                if before.elapsed_s is not None:
+                    total = before.elapsed_s + (elapsed or 0.0)
+            out[jid] = JobState(STATE_MAP.get(native, "unknown"), native, node, total, f[2], restarts=restarts)
     return out
 
 
@@ -222,7 +234,7 @@ class SlurmScheduler(Scheduler):
         ids = ",".join(job_ids)
         if accounting_enabled() is False or SlurmScheduler._no_accounting:
             return self._squeue(ids)
-        p = self.run_cmd(["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,NodeList,Elapsed", "-j", ids],
+        p = self.run_cmd(["sacct", "-X", "-D", "-n", "-P", "-o", "JobID,State,ExitCode,NodeList,Elapsed", "-j", ids],
                          what="sacct")
         if p.returncode == 0:
             states = parse_sacct(p.stdout)
