@@ -250,6 +250,7 @@ def test_slurm_two_processes_on_one_node(tmp_path, beads, cleanup):
     result = json.loads((task / "result.json").read_text())
     assert result["exit_code"] == 0 and result["reason"] == "completed", result
     assert "1 node(s) x 2 process(es)" in out
+    assert "data parallel: 2 process(es) (2 on this node), gloo" in (task / "train.log").read_text()
     rows = (task / "history.csv").read_text().strip().splitlines()
     assert len(rows) == 3, rows  # header + 2 epochs, written once (rank 0 only)
 
@@ -262,6 +263,7 @@ def test_slurm_two_virtual_nodes_one_process_each(tmp_path, beads, cleanup):
     out = logs_of(run)
     assert (task / "exit_code").read_text().strip() == "0", out
     assert "2 node(s) x 1 process(es)" in out and "rendezvous at " in out
+    assert "data parallel: 2 process(es) (1 on this node), gloo" in (task / "train.log").read_text()
     job = run.manifest["task_ids"]["0"]
     nodes = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "NNodes", "-j", job], capture_output=True,
                            text=True, timeout=30).stdout.split()
