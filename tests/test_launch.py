@@ -24,6 +24,7 @@ from hpcseg.render import render_script
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
+EPOCHS = 60  # about 0.2 s each here: long enough to signal mid-training
 
 JOB = """\
 name: ddp_launch
@@ -274,7 +275,7 @@ def test_slurm_two_virtual_nodes_one_process_each(tmp_path, beads, cleanup):
 
 @pytest.mark.slurm
 def test_slurm_usr1_requeues_and_resumes_every_rank(tmp_path, beads, cleanup):
-    run = submit(tmp_path, beads, "  processes_per_node: 2", epochs=6)
+    run = submit(tmp_path, beads, "  processes_per_node: 2", epochs=EPOCHS)
     cleanup += run.manifest["native_ids"]
     task = run.dir / "tasks/unet/fold_0"
     history = task / "history.csv"
@@ -293,4 +294,4 @@ def test_slurm_usr1_requeues_and_resumes_every_rank(tmp_path, beads, cleanup):
     log = (task / "train.log").read_text()
     assert "checkpoint written, requeue to go on" in log and "resum" in log.lower(), log[-3000:]
     rows = [r.split(",")[0] for r in history.read_text().strip().splitlines()[1:]]
-    assert rows == [str(e) for e in range(1, 7)], rows  # every epoch once: resumed, not restarted
+    assert rows == [str(e) for e in range(1, EPOCHS + 1)], rows  # every epoch once: resumed, not restarted
