@@ -279,3 +279,24 @@ def test_slurm_data_parallel_task_survives_usr1_and_completes(tmp_path, beads, c
     assert result["exit_code"] == 0 and result["reason"] == "completed", result
     rows = [r.split(",")[0] for r in history.read_text().strip().splitlines()[1:]]
     assert rows == [str(e) for e in range(1, EPOCHS + 1)], rows  # every epoch once (rank 0): resumed
+
+
+@pytest.mark.slurm
+def test_pbs_script_on_two_nodes_through_the_torque_wrapper(tmp_path, beads, cleanup):
+    """The PBS script (select=2:..., place=scatter) submitted with Slurm's qsub wrapper: the allocation is
+    Slurm's, so the script launches with srun; pbsdsh itself needs a real PBS (rendered and bash -n only)."""
+    from hpcseg.spec import with_absolute_paths
+    from hpcseg.submit import submit_job
+
+    loaded = load_job(job_file(tmp_path, root=beads, epochs=2, resources="  nodes: 2"))
+    loaded.spec = with_absolute_paths(loaded.spec)
+    run = submit_job(loaded, "pbs", runs_dir=tmp_path / "runs", check=False)
+    cleanup += run.manifest["native_ids"]
+    assert "#PBS -l select=2:ncpus=2:mem=2gb" in (run.dir / "job.pbs").read_text()
+    task = wait_done(run)
+    log = (task / "train.log").read_text()
+    assert (task / "exit_code").read_text().strip() == "0", log[-3000:]
+    assert "data parallel: 2 process(es) (1 on this node), gloo" in log
+    n = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "NNodes", "-j", run.manifest["native_ids"][0]],
+                       capture_output=True, text=True, timeout=30).stdout.split()
+    assert n and n[0] == "2", n
