@@ -310,9 +310,6 @@ class ResourcesSpec(Strict):
         if ppn is not None and self.gpus > 0 and ppn != self.gpus:
             raise ValueError(f"processes_per_node {ppn} with gpus {self.gpus}: a node runs one training "
                              f"process per GPU; leave processes_per_node out (or set it to {self.gpus})")
-        if self.procs_per_node > self.cpus:
-            raise ValueError(f"{self.procs_per_node} training processes per node need at least as many cpus "
-                             f"(cpus is {self.cpus}); raise cpus or lower processes_per_node")
         return self
 
     @property
