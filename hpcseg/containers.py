@@ -286,7 +286,8 @@ def container_command(spec: JobSpec, run_dir: Path, entrypoint: list[str] | None
 def launch_pieces(spec: JobSpec, run_dir: Path, entrypoint: list[str] | None = None) -> dict[str, object] | None:
     """The data-parallel launch's pieces for the job script, or None for one process (the plain command).
 
-    The script builds, on each node, ``PREFIX... TORCHRUN... <rendezvous args> --no-python ENTRY... --task K``:
+    The script builds, on each node, ``PREFIX... TORCHRUN... <rendezvous args> --no-python -- ENTRY... --task K``
+    (after ``--`` torchrun's argparse reads nothing as its own: ``--run`` would abbreviate ``--run-path``):
     the container prefix wraps torchrun (so torchrun and the trainers run inside the image), and
     ``--no-python`` lets torchrun start the same entry point the one-process command uses, whatever it is
     (``python -m hpcseg``, the image's ``hpcseg``, a test's stand-in).

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hpcseg.errors import HpcsegError
 from hpcseg.jobload import load_job
@@ -131,6 +133,51 @@ def test_gpu_nodes_ask_per_node_for_what_the_launch_needs(tmp_path):
         update={"pbs": spec.resources.pbs.model_copy(update={"flavor": "torque"})})})
     text = render_script(torque, "pbs", tmp_path / "r")
     assert "#PBS -l nodes=2:ppn=16:gpus=2,mem=2gb" in text and "place=" not in text
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(nodes=st.integers(1, 64), gpus=st.integers(0, 8), ppn=st.none() | st.integers(1, 8),
+       flag=st.sampled_from(["gres", "gpus"]), flavor=st.sampled_from(["pro", "torque"]))
+def test_directives_follow_nodes_gpus_and_processes(tmp_path, nodes, gpus, ppn, flag, flavor):
+    """Whatever the layout: a valid one asks Slurm and PBS for exactly `nodes` nodes with one launcher
+    each and `gpus` GPUs per node, and the script launches torchrun iff there is more than one process;
+    an invalid one is refused when loaded, naming the field."""
+    from pydantic import ValidationError
+
+    from hpcseg.schedulers.pbs import pbs_directives
+    from hpcseg.schedulers.slurm import slurm_directives
+    from hpcseg.spec import JobSpec
+
+    doc = load_job(job_file(tmp_path)).spec.model_dump()
+    r = doc["resources"]
+    r.update(nodes=nodes, gpus=gpus, processes_per_node=ppn, cpus=8)
+    r["slurm"]["gpu_flag"], r["pbs"]["flavor"] = flag, flavor
+    world = nodes * (ppn or max(gpus, 1))
+    doc["training"]["batch_size"] = world * 2
+    try:
+        spec = JobSpec.model_validate(doc)
+    except ValidationError as exc:
+        assert ppn is not None and gpus > 0 and ppn != gpus, exc
+        assert "processes_per_node" in str(exc)
+        return
+    assert spec.resources.world_size == world
+    d = slurm_directives(spec, [0])
+    assert d["nodes"] == nodes
+    assert d["tasks"] == ("--ntasks-per-node=1" if world > 1 else "--ntasks=1")
+    if gpus:
+        per_node = "--gres=gpu:" if flag == "gres" else ("--gpus=" if nodes == 1 else "--gpus-per-node=")
+        assert d["gpus"] == f"{per_node}{gpus}"
+    else:
+        assert d["gpus"] is None
+    p = pbs_directives(spec, [0])
+    first = p["resources"].split(",")[0]
+    if flavor == "pro":
+        assert first.startswith(f"select={nodes}:ncpus=8") and (f":ngpus={gpus}" in first) == bool(gpus)
+        assert p["place"] == ("place=scatter" if nodes > 1 else None)
+    else:
+        assert first == f"nodes={nodes}:ppn=8" + (f":gpus={gpus}" if gpus else "") and p["place"] is None
+    text = render_script(spec, "slurm", tmp_path / "r")
+    assert ("torchrun" in text) == (world > 1)
 
 
 @pytest.mark.parametrize("field, line", [
