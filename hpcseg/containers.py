@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 # Inside an image, the image's own ``hpcseg`` (installed there); see default_entrypoint.
 IN_CONTAINER_ENTRYPOINT: list[str] = ["hpcseg"]
+IN_CONTAINER_TORCHRUN: list[str] = ["torchrun"]
 
 
 def _absolute(path: str | Path) -> Path:
@@ -66,6 +67,10 @@ class Runtime:
     def entrypoint(self) -> list[str]:
         """How to start hpcseg where the command runs."""
         return list(IN_CONTAINER_ENTRYPOINT)
+
+    def torchrun(self) -> list[str]:
+        """How to start torchrun where the command runs (the image's, beside its hpcseg)."""
+        return list(IN_CONTAINER_TORCHRUN)
 
 
 class Singularity(Runtime):
@@ -180,6 +185,9 @@ class NoContainer(Runtime):
     def entrypoint(self) -> list[str]:
         return [sys.executable, "-m", "hpcseg"]
 
+    def torchrun(self) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run"]
+
 
 RUNTIMES: dict[str, type[Runtime]] = {
     "singularity": Singularity,
@@ -273,3 +281,28 @@ def container_command(spec: JobSpec, run_dir: Path, entrypoint: list[str] | None
     run_dir = _absolute(run_dir)
     entry = list(entrypoint) if entrypoint else default_entrypoint(spec)
     return [*container_prefix(spec, run_dir, env), *entry, "train", "--run", str(run_dir)]
+
+
+def launch_pieces(spec: JobSpec, run_dir: Path, entrypoint: list[str] | None = None) -> dict[str, object] | None:
+    """The data-parallel launch's pieces for the job script, or None for one process (the plain command).
+
+    The script builds, on each node, ``PREFIX... TORCHRUN... <rendezvous args> --no-python -- ENTRY... --task K``
+    (after ``--`` torchrun's argparse reads nothing as its own: ``--run`` would abbreviate ``--run-path``):
+    the container prefix wraps torchrun (so torchrun and the trainers run inside the image), and
+    ``--no-python`` lets torchrun start the same entry point the one-process command uses, whatever it is
+    (``python -m hpcseg``, the image's ``hpcseg``, a test's stand-in).
+    """
+    r = spec.resources
+    if not r.data_parallel:
+        return None
+    run_dir = _absolute(run_dir)
+    entry = list(entrypoint) if entrypoint else default_entrypoint(spec)
+    return {
+        "nodes": r.nodes,
+        "nproc": r.procs_per_node,
+        "prefix": container_prefix(spec, run_dir),
+        "torchrun": get_runtime(spec.container.runtime).torchrun(),
+        "entry": [*entry, "train", "--run", str(run_dir)],
+        "device": "cuda" if r.gpus > 0 else "cpu",
+        "run_id": run_dir.name,
+    }

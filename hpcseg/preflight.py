@@ -649,6 +649,11 @@ def cli_check(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
     runs_dir = getattr(args, "runs_dir", None)
     result = preflight(loaded.spec, loaded.path, Path(runs_dir).expanduser().resolve() if runs_dir else None)
+    # What submit refuses on a #SBATCH/#PBS line (a bad owned extra, a value that cannot go there).
+    from hpcseg.schedulers import directive_problems
+
+    for where, what in directive_problems(loaded.spec):
+        result.problems.append(Problem("directives", f"{loaded.path}: {where}", what))
     if getattr(args, "json", False):
         print(json.dumps({
             "job": loaded.spec.name, "job_file": str(loaded.path), "profile": loaded.profile,

@@ -27,7 +27,7 @@ from typing import Any
 import jinja2
 
 from hpcseg import schedulers
-from hpcseg.containers import _absolute, container_command
+from hpcseg.containers import _absolute, container_command, launch_pieces
 from hpcseg.errors import HpcsegError
 from hpcseg.schedulers.directives import Scheduler
 from hpcseg.spec import JobSpec, shipped_dir
@@ -175,6 +175,7 @@ def render_script(spec: JobSpec, scheduler: Scheduler, run_dir: Path, *, job_fil
         "tasks": [(i, by_index[i].relpath) for i in indices],
         "single_index": single,
         "command": container_command(spec, run_dir, entrypoint),
+        "launch": launch_pieces(spec, run_dir, entrypoint),  # None: one process, the command above
         "cpus": spec.resources.cpus,
         "max_requeues": spec.training.max_requeues,
     }

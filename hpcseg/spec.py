@@ -76,6 +76,7 @@ _WALLTIME_RE = re.compile(r"^(\d{1,4}):(\d{2}):(\d{2})$")
 MAX_MEMORY_MB = 64 * 1024 * 1024  # 64 TiB: more than any node offers, so larger is a typo
 MAX_GPUS = 64
 MAX_CPUS = 4096
+MAX_NODES = 4096
 MAX_WALLTIME_HOURS = 24 * 366
 
 
@@ -259,8 +260,12 @@ class PbsOptions(Strict):
 
 
 class ResourcesSpec(Strict):
-    gpus: Int = Field(0, ge=0, le=MAX_GPUS)
-    cpus: Int = Field(1, ge=1, le=MAX_CPUS)
+    gpus: Int = Field(0, ge=0, le=MAX_GPUS, description="GPUs per node; one training process each.")
+    cpus: Int = Field(1, ge=1, le=MAX_CPUS, description="CPUs per node, shared by its training processes.")
+    nodes: Int = Field(1, ge=1, le=MAX_NODES, description="Nodes per task; more than 1 trains data-parallel.")
+    processes_per_node: Int | None = Field(
+        None, ge=1, le=MAX_CPUS, description="Training processes per node; default max(gpus, 1). Set it "
+                                             "without GPUs to train data-parallel on CPUs (gloo).")
     memory: str | None = Field("8G", description="Per node, e.g. 240G. Leave out when mem_per_gpu is set.")
     mem_per_gpu: str | None = None
     walltime: str = Field(description="HH:MM:SS; required, because a silent default kills jobs.")
@@ -301,6 +306,30 @@ class ResourcesSpec(Strict):
         elif self.memory is None:
             raise ValueError("set memory (e.g. 240G) or mem_per_gpu")
         return self
+
+    @model_validator(mode="after")
+    def _one_process_per_gpu(self) -> ResourcesSpec:
+        # The trainer drives cuda:LOCAL_RANK, so processes and GPUs of a node pair up one to one.
+        ppn = self.processes_per_node
+        if ppn is not None and self.gpus > 0 and ppn != self.gpus:
+            raise ValueError(f"processes_per_node {ppn} with gpus {self.gpus}: a node runs one training "
+                             f"process per GPU; leave processes_per_node out (or set it to {self.gpus})")
+        return self
+
+    @property
+    def procs_per_node(self) -> int:
+        """Training processes per node: one per GPU, or processes_per_node on CPU nodes."""
+        return self.processes_per_node or max(self.gpus, 1)
+
+    @property
+    def world_size(self) -> int:
+        """Training processes of one task, all nodes together: the global batch divides over these."""
+        return self.nodes * self.procs_per_node
+
+    @property
+    def data_parallel(self) -> bool:
+        """More than one process: the job script starts torchrun (srun/pbsdsh on several nodes)."""
+        return self.world_size > 1
 
     @property
     def walltime_seconds(self) -> int:
@@ -375,6 +404,16 @@ class JobSpec(Strict):
         if self.sweep and self.sweep.method != "optuna" and self.sweep.parallel \
                 and self.resources.array_parallelism is None:
             self.resources.array_parallelism = self.sweep.parallel
+        return self
+
+    @model_validator(mode="after")
+    def _global_batch_divides(self) -> JobSpec:
+        # Found here, not on the node after the queue wait: every process trains batch_size / world items.
+        world = self.resources.world_size
+        if self.training.batch_size % world:
+            raise ValueError(f"training.batch_size {self.training.batch_size} does not divide over the "
+                             f"{world} training processes (resources.nodes x processes per node); the batch "
+                             f"is global, so make it a multiple of {world}")
         return self
 
     @property

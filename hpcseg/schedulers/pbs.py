@@ -11,6 +11,7 @@ status refines it per task from the task's files (started or not, exit_code).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from collections.abc import Sequence
@@ -108,7 +109,7 @@ _QSUB_OWNED = {"J": "the job's tasks (a PBS Pro array)", "t": "the job's tasks (
                "j": "the run's logs/ folder", "r": "training.max_requeues", "q": "resources.queue",
                "A": "resources.account", "P": "resources.account", "d": "the run folder"}
 # -l resources and -W attributes that hpcseg sets: extra may add others (place=, group_list=), not these.
-_L_OWNED = {k: v for ks, v in (("walltime", "resources.walltime"), ("select nodes ppn", "resources.cpus/gpus"),
+_L_OWNED = {k: v for ks, v in (("walltime", "resources.walltime"), ("select nodes ppn", "resources.nodes/cpus/gpus"),
                               ("ncpus", "resources.cpus"), ("ngpus gpus", "resources.gpus"),
                               ("mem vmem pmem pvmem", "resources.memory")) for k in ks.split()}
 QSUB_OPTIONS = OptionTable(
@@ -147,8 +148,17 @@ def pbs_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
     per_gpu = memory_mb(r.mem_per_gpu, "resources.mem_per_gpu")
     total_mb = per_gpu * r.gpus if per_gpu is not None else memory_mb(r.memory, "resources.memory")
     name = pbs_job_name(job_name(spec.slug))
+    place = None
+    table = QSUB_OPTIONS
+    if r.nodes > 1:
+        # One chunk per node (cpus, gpus and memory are per node), each on its own host: the job script
+        # starts one launcher per unique host of $PBS_NODEFILE. extra may then not place chunks itself.
+        place = "place=scatter"
+        table = dataclasses.replace(QSUB_OPTIONS, owned_keys={
+            **QSUB_OPTIONS.owned_keys, "l": {**_L_OWNED, "place": "resources.nodes (one chunk per node)"}})
     if p.flavor == "torque":
-        nodes = f"nodes=1:ppn={int(r.cpus)}" + (f":gpus={int(r.gpus)}" if r.gpus else "")
+        nodes = f"nodes={int(r.nodes)}:ppn={int(r.cpus)}" + (f":gpus={int(r.gpus)}" if r.gpus else "")
+        place = None  # nodes=M already names M hosts
         resources = f"{nodes},mem={_mem_pbs(total_mb)}"
         array = _ranges(indices) + (f"%{r.array_parallelism}" if r.array_parallelism else "")
         # A file, not the logs/ folder: Torque appends -<index> per array element itself, and Slurm's
@@ -159,7 +169,7 @@ def pbs_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
         if select:
             resources = select if select.startswith("select=") else f"select={select}"
         else:
-            resources = f"select=1:ncpus={int(r.cpus)}" + (f":ngpus={int(r.gpus)}" if r.gpus else "") \
+            resources = f"select={int(r.nodes)}:ncpus={int(r.cpus)}" + (f":ngpus={int(r.gpus)}" if r.gpus else "") \
                 + f":mem={_mem_pbs(total_mb)}"
         array = None
         out, err = f"logs/{name}.o{indices[0]}", f"logs/{name}.e{indices[0]}"
@@ -177,6 +187,7 @@ def pbs_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
         "account": check_directive_value(r.account, "account", "resources.account"),
         "account_flag": p.account_flag,
         "resources": resources,
+        "place": place,
         "walltime": walltime,
         "walltime_seconds": seconds,
         # PBS sends no warning before the walltime: the script exports HPCSEG_DEADLINE (start + this) and
@@ -187,7 +198,7 @@ def pbs_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
         "array_flag": "-t" if p.flavor == "torque" else "-J",
         "output": out,
         "error": err,
-        "extra": check_extra(p.extra, QSUB_OPTIONS, "resources.pbs.extra"),
+        "extra": check_extra(p.extra, table, "resources.pbs.extra"),
     }
 
 

@@ -139,7 +139,10 @@ _OWNED = {
     "output": "the run's logs/ folder", "error": "the run's logs/ folder", "open-mode": "the run's logs/ folder",
     "job-name": "the job's name", "signal": "resources.slurm.signal_seconds",
     "requeue": "training.max_requeues", "no-requeue": "training.max_requeues", "partition": "resources.queue",
-    "dependency": "hpcseg submit --then-collect", "nodes": "one node per task", "ntasks": "one node per task",
+    "dependency": "hpcseg submit --then-collect", "nodes": "resources.nodes", "ntasks": "resources.nodes",
+    "ntasks-per-node": "resources.nodes", "ntasks-per-gpu": "resources.nodes",
+    "ntasks-per-socket": "resources.nodes", "ntasks-per-core": "resources.nodes",
+    "tres-per-task": "resources.gpus",
     "account": "resources.account", "qos": "resources.slurm.qos", "constraint": "resources.slurm.constraint",
     "chdir": "the run folder", "wrap": "the job script",
 }
@@ -153,8 +156,10 @@ def slurm_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
     gpu_type = check_directive_value(s.gpu_type, "gpu_type", "resources.slurm.gpu_type")
     gpus = None
     if r.gpus > 0:
+        # --gres counts per node; --gpus counts for the whole job, so several nodes ask --gpus-per-node.
+        flag = "--gpus" if r.nodes == 1 else "--gpus-per-node"
         gpus = (f"--gres=gpu:{gpu_type}:{r.gpus}" if gpu_type else f"--gres=gpu:{r.gpus}") \
-            if s.gpu_flag == "gres" else (f"--gpus={gpu_type}:{r.gpus}" if gpu_type else f"--gpus={r.gpus}")
+            if s.gpu_flag == "gres" else (f"{flag}={gpu_type}:{r.gpus}" if gpu_type else f"{flag}={r.gpus}")
     array = _ranges(indices) + (f"%{r.array_parallelism}" if r.array_parallelism else "")
     per_gpu = memory_mb(r.mem_per_gpu, "resources.mem_per_gpu")
     mem = None if per_gpu is not None else memory_mb(r.memory, "resources.memory")
@@ -167,6 +172,9 @@ def slurm_directives(spec: JobSpec, indices: list[int]) -> dict[str, Any]:
         "constraint": check_directive_value(s.constraint, "constraint", "resources.slurm.constraint"),
         "time": walltime_directive(r.walltime),
         "cpus": int(r.cpus),
+        # Data-parallel: one launcher (torchrun) per node, each with the node's CPUs; else one task.
+        "nodes": int(r.nodes),
+        "tasks": "--ntasks-per-node=1" if r.data_parallel else "--ntasks=1",
         "memory": memory,
         "mem_mb": mem,
         "mem_per_gpu_mb": per_gpu,
