@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hpcseg.spec import load_job
 
@@ -74,3 +77,61 @@ def test_self_attention_starts_as_identity_and_mixes_distant_pixels():
     x2 = x.clone()
     x2[..., 5, 5] += 10.0                         # one far corner changes
     assert not torch.allclose(sa(x)[..., 0, 0], sa(x2)[..., 0, 0])   # the opposite corner sees it
+
+
+# --------------------------------------------------------------------------------- threshold tuning
+
+
+def _brute(p: np.ndarray, t: np.ndarray, thr: float) -> tuple[int, int, int]:
+    keep = t >= 0
+    pred = p[keep] >= thr
+    y = t[keep] == 1
+    return int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 400), st.floats(0.0, 1.0))
+def test_threshold_sweep_matches_counting_pixels(seed, n, pos_rate):
+    from hpcseg.train.threshold import ProbabilityHistogram, at, best_row, sweep
+
+    rng = np.random.default_rng(seed)
+    logits = torch.as_tensor(rng.normal(0, 3, (1, 1, 1, n)), dtype=torch.float32)
+    target = torch.as_tensor(np.where(rng.random(n) < 0.1, -1, rng.random(n) < pos_rate), dtype=torch.long)[None, None]
+    target = target.reshape(1, 1, n)
+    hist = ProbabilityHistogram()
+    hist.update(logits, target)
+    pos, neg = hist.counts()
+    p = torch.sigmoid(logits).reshape(-1).numpy()
+    t = target.reshape(-1).numpy()
+    # bins are p*100 floored: compare at thresholds away from the float edge of a bin
+    rows = sweep(pos, neg)
+    assert len(rows) == 99 and rows[0]["threshold"] == 0.01 and rows[-1]["threshold"] == 0.99
+    for r in rows[::7]:
+        near_edge = np.abs(p * 100 - round(r["threshold"] * 100)) < 1e-4
+        if near_edge.any():
+            continue
+        assert (r["tp"], r["fp"], r["fn"]) == _brute(p, t, r["threshold"])
+    best = best_row(rows)
+    assert best["f1"] == max(r["f1"] for r in rows)
+    assert at(pos, neg, best["threshold"])["f1"] == pytest.approx(best["f1"])
+
+
+def test_threshold_summary_and_outputs(tmp_path):
+    from hpcseg.train.threshold import summary, sweep, write_outputs
+
+    # positives at p in [0.3, 0.4), negatives below 0.2 and a few at 0.6: the best cut sits in 0.21..0.30
+    pos = np.zeros(100, np.int64)
+    neg = np.zeros(100, np.int64)
+    pos[30:40] = 5
+    neg[:20] = 50
+    neg[60] = 3
+    s = summary(pos, neg)
+    assert 0.2 < s["best_threshold"] <= 0.3
+    assert s["recall"] == 1.0 and s["precision"] == pytest.approx(50 / 53)
+    assert s["at_0.5"]["recall"] == 0.0 and s["at_0.5"]["f1"] == 0.0
+    assert s["iou"] == pytest.approx(50 / 53) and s["positive_pixels"] == 50
+    files = write_outputs(tmp_path / "eval", sweep(pos, neg), s, "test")
+    assert [f.name for f in files] == ["threshold.csv", "threshold.png"]
+    lines = (tmp_path / "eval" / "threshold.csv").read_text().splitlines()
+    assert lines[0] == "threshold,precision,recall,f1,iou,tp,fp,fn" and len(lines) == 100
+    assert (tmp_path / "eval" / "threshold.png").read_bytes()[:4] == b"\x89PNG"
