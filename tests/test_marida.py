@@ -135,3 +135,156 @@ def test_threshold_summary_and_outputs(tmp_path):
     lines = (tmp_path / "eval" / "threshold.csv").read_text().splitlines()
     assert lines[0] == "threshold,precision,recall,f1,iou,tp,fp,fn" and len(lines) == 100
     assert (tmp_path / "eval" / "threshold.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------------- MARIDA's own conventions
+
+
+def _synth(root: Path, n: int = 10, size: int = 32, seed: int = 0) -> Path:
+    from hpcseg.workloads.marida.synth import make_marida
+
+    make_marida(root, n=n, size=size, seed=seed)
+    return root
+
+
+def test_official_split_files_are_used_and_recorded(tmp_path):
+    from hpcseg.layouts import index_dataset
+    from hpcseg.splits import ensure_splits, make_splits
+
+    root = _synth(tmp_path / "d")
+    spec = quick("marida_se_unet", root)
+    s = ensure_splits(tmp_path / "run", spec)
+    assert s["method_used"] == "official" and "train_X.txt" in s["official_source"]
+    fold = s["folds"][0]
+    ids = {p: [f"S2_{x}" for x in (root / "splits" / f"{p}_X.txt").read_text().split()] for p in ("train", "val", "test")}
+    assert fold["train"] == sorted(ids["train"]) and fold["val"] == sorted(ids["val"]) and s["test"] == sorted(ids["test"])
+    assert not set(s["test"]) & set(fold["train"] + fold["val"])
+    # k-fold asked: the official hold-out does not fit, the job's own split is made
+    assert make_splits(quick("marida_se_unet", root, "workload.split.folds=2"),
+                       index_dataset(quick("marida_se_unet", root)))["method_used"] != "official"
+    # without the files: the job's split, as before
+    for f in (root / "splits").iterdir():
+        f.unlink()
+    assert ensure_splits(tmp_path / "run2", spec)["method_used"] in ("stratified", "random")
+
+
+@pytest.mark.parametrize("edit,where,needle", [
+    (lambda d: (d / "test_X.txt").write_text((d / "test_X.txt").read_text() + "9-9-99_00XXX_7\n"),
+     "test_X.txt", "1 id with no tile"),
+    (lambda d: (d / "test_X.txt").write_text((d / "train_X.txt").read_text().splitlines()[0] + "\n"),
+     "test_X.txt", "also in train_X.txt"),
+    (lambda d: (d / "val_X.txt").write_text(""), "val_X.txt", "lists no patch ids"),
+])
+def test_preflight_refuses_broken_split_files_in_one_line(tmp_path, edit, where, needle):
+    from hpcseg.preflight import run_preflight
+    from hpcseg.spec import with_absolute_paths
+
+    root = _synth(tmp_path / "d")
+    edit(root / "splits")
+    problems = [p for p in run_preflight(with_absolute_paths(quick("marida_se_unet", root))) if p.severity == "error"]
+    assert len(problems) == 1, problems
+    assert problems[0].where.endswith(where) and needle in problems[0].message and "\n" not in str(problems[0])
+
+
+def test_split_hook_refuses_unknown_ids_on_the_node(tmp_path):
+    from hpcseg.errors import HpcsegError
+    from hpcseg.splits import ensure_splits
+
+    root = _synth(tmp_path / "d")
+    (root / "splits" / "train_X.txt").write_text("1-1-19_nope_0\n")
+    with pytest.raises(HpcsegError, match="train_X.txt: 1 id"):
+        ensure_splits(tmp_path / "run", quick("marida_se_unet", root))
+
+
+MULTI = ("workload.task=multiclass_segmentation", "workload.dataset.num_classes=15",
+         "workload.dataset.class_names=null", "collection.metric=val_miou")
+
+
+def _codes_tile(root: Path, codes: np.ndarray, conf: np.ndarray | None = None, stem: str = "S2_1-1-19_48MYU_0") -> None:
+    import tifffile
+
+    folder = root / "patches" / stem.rsplit("_", 1)[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(folder / f"{stem}.tif", np.random.default_rng(0).random((*codes.shape, 11), dtype=np.float32))
+    tifffile.imwrite(folder / f"{stem}_cl.tif", codes.astype(np.uint8))
+    if conf is not None:
+        tifffile.imwrite(folder / f"{stem}_conf.tif", conf.astype(np.uint8))
+
+
+def test_multiclass_targets_are_marida_codes_minus_one(tmp_path):
+    from hpcseg.errors import HpcsegError
+    from hpcseg.workloads.marida.train import build
+
+    codes = np.zeros((32, 32), np.uint8)
+    codes[:8], codes[8:16], codes[16:24] = 1, 7, 15
+    _codes_tile(tmp_path, codes)
+    src = build(quick("marida_se_unet", tmp_path, *MULTI), torch.device("cpu"))
+    y = src.y[0].long().numpy()
+    assert (y[:8] == 0).all() and (y[8:16] == 6).all() and (y[16:24] == 14).all() and (y[24:] == -1).all()
+    counts = src.class_counts(np.array([0]))
+    assert counts[0] == counts[6] == counts[14] == 8 * 32 and counts.sum() == 3 * 8 * 32
+    with pytest.raises(HpcsegError, match="class code 15 is outside 1..10"):
+        build(quick("marida_se_unet", tmp_path, *MULTI, "workload.dataset.num_classes=10"), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("level,kept", [("all", 3), ("moderate", 2), ("high", 1)])
+def test_confidence_option_ignores_less_sure_pixels(tmp_path, level, kept):
+    from hpcseg.workloads.marida.train import build
+
+    codes = np.ones((32, 32), np.uint8)
+    conf = np.repeat(np.array([1, 2, 3, 3]), 8)[:, None].repeat(32, axis=1)  # rows of levels 1, 2, 3, 3
+    _codes_tile(tmp_path, codes, conf)
+    src = build(quick("marida_se_unet", tmp_path, f"workload.models.se_unet.options={{confidence: {level}}}"),
+                torch.device("cpu"))
+    y = src.y[0].long().numpy()
+    level_of_row = np.repeat(np.array([1, 2, 3, 3]), 8)
+    assert ((y[:, 0] >= 0) == (level_of_row <= kept)).all()      # whole rows kept or dropped by level
+    assert int((y >= 0).sum()) == int((level_of_row <= kept).sum()) * 32
+
+
+def test_confidence_option_is_checked(tmp_path):
+    from hpcseg.errors import HpcsegError
+    from hpcseg.workloads.marida.train import build
+
+    _codes_tile(tmp_path, np.ones((32, 32), np.uint8))  # no _conf.tif
+    with pytest.raises(HpcsegError, match="_conf.tif: missing"):
+        build(quick("marida_se_unet", tmp_path, "workload.models.se_unet.options={confidence: high}"), torch.device("cpu"))
+    with pytest.raises(HpcsegError, match="options.confidence: 'sure' is not one of"):
+        build(quick("marida_se_unet", tmp_path, "workload.models.se_unet.options={confidence: sure}"), torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.parametrize("job,model,sets", [
+    ("marida_se_unet", "se_unet", ()),
+    ("marida_attention_unet", "attention_unet", MULTI),
+])
+def test_training_tunes_threshold_and_tests_once(tmp_path, job, model, sets):
+    """``hpcseg train`` on synthetic MARIDA with its split files: splits.json official, extra.threshold and
+    eval/threshold.* for the binary task, extra.test for both."""
+    import json
+
+    from hpcseg.cli import main
+
+    root = _synth(tmp_path / "d", n=10)
+    out = tmp_path / "task"
+    sets = (*sets, "training.epochs=1")
+    rc = main(["train", str(JOBS / f"{job}.yaml"), "--profile", "quick", "--model", model, "--out", str(out),
+               "--set", f"workload.dataset.root={root}", *(x for s in sets for x in ("--set", s))])
+    assert rc == 0, (out / "train.log").read_text()
+    res = json.loads((out / "result.json").read_text())
+    splits = json.loads((out / "splits.json").read_text())
+    assert splits["method_used"] == "official" and len(splits["test"]) == 2
+    test = res["extra"]["test"]
+    assert test["split"] == "test" and test["items"] == 2
+    if "workload.task=multiclass_segmentation" in sets:
+        assert "threshold" not in res["extra"] and set(test["metrics"]) == {"miou", "mdice", "pixel_accuracy"}
+        assert len(test["iou_per_class"]) == 15
+    else:
+        thr = res["extra"]["threshold"]
+        assert 0 < thr["best_threshold"] < 1 and thr["f1"] >= thr["at_0.5"]["f1"]
+        assert thr["at_0.5"]["iou"] == pytest.approx(res["best_value"], abs=1e-9)  # same pixels, same cut
+        assert set(test["metrics"]) == {"jaccard", "dice", "precision", "recall"}
+        assert test["at_threshold"]["threshold"] == pytest.approx(thr["best_threshold"])
+        assert (out / "eval" / "threshold.csv").is_file() and (out / "eval" / "threshold.png").is_file()
