@@ -95,7 +95,7 @@ def make_splits(spec: JobSpec, index: DatasetIndex) -> dict[str, Any]:
 
 def _workload_split(spec: JobSpec, index: DatasetIndex) -> dict[str, Any] | None:
     """The dataset's own published split, when its workload's layout module has an ``official_splits``
-    hook that finds one (e.g. MARIDA's splits/*.txt): {"train", "val", "test" (optional): [names],
+    hook that finds one (a published train/val/test list): {"train", "val", "test" (optional): [names],
     "source": what was read}; recorded as ``method_used: "official"``, with ``test`` held out of training."""
     from hpcseg.workloads import registry
 

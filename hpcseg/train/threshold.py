@@ -1,6 +1,6 @@
 """Probability-threshold tuning for binary segmentation, on the validation items with the best weights.
 
-Both MARIDA seeds end with "fine-tune the threshold for the precision/recall balance": a rare positive
+Two marine-debris seeds end with "fine-tune the threshold for the precision/recall balance": a rare positive
 class (debris is ~2% of labelled pixels) trained with weighted losses is rarely best cut at 0.5. The
 sweep costs one pass over the validation items: each pixel's probability goes into one of
 :data:`BINS` histogram bins, separately for positive and negative targets (ignored pixels, target -1,
