@@ -163,7 +163,9 @@ def _figure(rows: list[dict[str, float]], best: dict[str, Any], title: str) -> b
 
 def tune(trainer: Any) -> dict[str, Any]:
     """The trainer's hook-up: sweep on the validation items, write eval/, return ``extra.threshold``."""
-    hist = collect(trainer.bare_model, trainer.val_batches(), trainer.device, trainer.amp)
+    # every validation item, on this one process (evaluate runs on rank 0 only; val_batches() would be its shard)
+    batches = trainer.source.batches(trainer.val_idx, trainer.tr.batch_size, train=False, epoch=0, seed=0)
+    hist = collect(trainer.bare_model, batches, trainer.device, trainer.amp)
     pos, neg = hist.counts()
     if pos.sum() == 0:
         return {"split": "val", "skipped": "no positive pixel in the validation items"}
