@@ -288,3 +288,17 @@ def test_training_tunes_threshold_and_tests_once(tmp_path, job, model, sets):
         assert set(test["metrics"]) == {"jaccard", "dice", "precision", "recall"}
         assert test["at_threshold"]["threshold"] == pytest.approx(thr["best_threshold"])
         assert (out / "eval" / "threshold.csv").is_file() and (out / "eval" / "threshold.png").is_file()
+
+
+@pytest.mark.parametrize("value,needle", [("sure", "'sure' is not one of all, moderate, high"),
+                                          ("high", "without <id>_conf.tif")])
+def test_preflight_checks_the_confidence_option(tmp_path, value, needle):
+    from hpcseg.preflight import run_preflight
+    from hpcseg.spec import with_absolute_paths
+
+    root = _synth(tmp_path / "d", n=5)
+    if value == "high":
+        next((root / "patches").rglob("*_conf.tif")).unlink()
+    spec = with_absolute_paths(quick("marida_se_unet", root, f"workload.models.se_unet.options={{confidence: {value}}}"))
+    problems = [p for p in run_preflight(spec) if p.severity == "error"]
+    assert len(problems) == 1 and needle in problems[0].message, problems

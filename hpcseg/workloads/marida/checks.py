@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from hpcseg.errors import HpcsegError
 from hpcseg.images import ImageReadError, read_image
 from hpcseg.preflight import (
     Checks,
@@ -23,7 +24,7 @@ from hpcseg.preflight import (
     summarise_labels,
     train_fraction,
 )
-from hpcseg.workloads.marida.layout import SPLIT_FILES, read_split_file, split_folder
+from hpcseg.workloads.marida.layout import SPLIT_FILES, confidence_option, read_split_file, split_folder
 
 MARIDA_MAX_CODE = 15  # MARIDA v1: 0 unlabelled, 1 marine debris, ..., 15 mixed water
 MARIDA_DEBRIS = 1
@@ -90,6 +91,17 @@ def check(c: Checks, root: Path) -> None:
         c.warn("dataset", patches, "no label holds code 1 (marine debris): the positive class never appears")
     c.count("training_samples", int(len(pairs) * train_fraction(c.spec)))
     check_split_files(c, root, {Path(k).name for k in pairs})
+    try:
+        confidence = confidence_option(c.spec)
+    except HpcsegError as exc:
+        field, _, message = exc.message.partition(": ")
+        c.error("dataset", c.field(field), message)
+        return
+    if confidence != "all":
+        no_conf = sorted(Path(k).name for k in pairs if not Path(f"{k}_conf.tif").is_file())
+        if no_conf:
+            c.error("dataset", patches, f"{plural(len(no_conf), 'tile')} without <id>_conf.tif, needed by "
+                                        f"options.confidence {confidence}: {listed(no_conf)}")
 
 
 def check_split_files(c: Checks, root: Path, tiles: set[str]) -> None:

@@ -89,3 +89,20 @@ def official_splits(spec: JobSpec, index: DatasetIndex) -> dict | None:
                           f"({', '.join(overlap[:3])}); a test tile must never be trained on")
     return {part: sorted(set(names)) for part, names in parts.items()} | {
         "source": f"official MARIDA split: {', '.join(str(f) for f in files.values())}"}
+
+
+# ------------------------------------------------------------------------------------- confidence masks
+
+CONFIDENCE_LEVELS = {"all": 3, "moderate": 2, "high": 1}  # the highest _conf.tif level kept (1 high, 2 moderate, 3 low)
+
+
+def confidence_option(spec: JobSpec) -> str:
+    """``model.options.confidence`` of the first model that sets it (the data is shared by every model)."""
+    for m in spec.workload.models:
+        if "confidence" in m.options:
+            value = m.options["confidence"]
+            if value not in CONFIDENCE_LEVELS:
+                raise HpcsegError(f"workload.models.{m.name}.options.confidence: {value!r} is not one of "
+                                  f"{', '.join(CONFIDENCE_LEVELS)}")
+            return str(value)
+    return "all"

@@ -37,12 +37,12 @@ from hpcseg.layouts import index_dataset
 from hpcseg.spec import JobSpec
 from hpcseg.train.loop import Trainer as BaseTrainer
 from hpcseg.train.source import IGNORE, TensorSource
+from hpcseg.workloads.marida.layout import CONFIDENCE_LEVELS, confidence_option
 
 log = logging.getLogger("hpcseg.train")
 
 DEBRIS = 1
 UNLABELLED = 0
-CONFIDENCE_LEVELS = {"all": 3, "moderate": 2, "high": 1}  # highest _conf.tif level kept
 
 
 def class_target(codes: np.ndarray, num_classes: int, where: Path) -> np.ndarray:
@@ -53,18 +53,6 @@ def class_target(codes: np.ndarray, num_classes: int, where: Path) -> np.ndarray
         raise HpcsegError(f"{where}: class code {high if high > num_classes else int(codes.min())} is outside "
                           f"1..{num_classes} (workload.dataset.num_classes); raise num_classes or fix the mask")
     return np.where(codes == UNLABELLED, IGNORE, codes - 1)
-
-
-def confidence_option(spec: JobSpec) -> str:
-    """``model.options.confidence`` of the first model that sets it (the data is shared by every model)."""
-    for m in spec.workload.models:
-        if "confidence" in m.options:
-            value = m.options["confidence"]
-            if value not in CONFIDENCE_LEVELS:
-                raise HpcsegError(f"workload.models.{m.name}.options.confidence: {value!r} is not one of "
-                                  f"{', '.join(CONFIDENCE_LEVELS)}")
-            return str(value)
-    return "all"
 
 
 def debris_target(codes: np.ndarray) -> np.ndarray:
