@@ -45,6 +45,9 @@ def make_splits(spec: JobSpec, index: DatasetIndex) -> dict[str, Any]:
     split, seed = spec.workload.split, spec.workload.seed
     if not 0 <= seed <= SEED_MAX:
         raise HpcsegError(f"workload.seed {seed} is out of range; use a whole number from 0 to {SEED_MAX}")
+    official = _workload_split(spec, index)
+    if official is not None:
+        return official
     n, names = len(index), np.array(index.names)
     positions = np.arange(n)
     strata, groups = index.strata, index.groups
@@ -91,6 +94,24 @@ def make_splits(spec: JobSpec, index: DatasetIndex) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "folds": folds,
     }
+
+
+def _workload_split(spec: JobSpec, index: DatasetIndex) -> dict[str, Any] | None:
+    """The dataset's own published split, when its workload's layout module has an ``official_splits``
+    hook that finds one (a published train/val/test list): {"train", "val", "test" (optional): [names],
+    "source": what was read}; recorded as ``method_used: "official"``, with ``test`` held out of training."""
+    from hpcseg.workloads import registry
+
+    hook = getattr(registry.part(spec.workload.dataset.layout, "layout"), "official_splits", None)
+    got = hook(spec, index) if hook is not None else None
+    if got is None:
+        return None
+    fold: dict[str, Any] = {"train": list(got["train"]), "val": list(got["val"])}
+    if not fold["train"] or not fold["val"]:
+        raise HpcsegError(f"split: {got['source']} leaves no training or no validation items; fix the split files")
+    return {"format": FORMAT, "settings": _settings(spec), "method_used": "official", "fallback_reason": None,
+            "official_source": got["source"], "strata": None, "grouped": False, "n_items": len(index),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "folds": [fold], "test": list(got.get("test", []))}
 
 
 def _what(split: Any) -> str:
@@ -233,7 +254,7 @@ def _check(splits: dict[str, Any], spec: JobSpec, names: list[str], path: Path) 
         raise HpcsegError(f"{path} was made with other split settings; delete it or use a new folder",
                           problems=differ)
     known = set(names)
-    gone = sorted({n for f in splits["folds"] for n in f["train"] + f["val"]} - known)
+    gone = sorted(({n for f in splits["folds"] for n in f["train"] + f["val"]} | set(splits.get("test", []))) - known)
     if gone:
         raise HpcsegError(f"{path}: the dataset changed since the split was made: {len(gone)} item(s) are "
                           f"gone ({', '.join(gone[:5])}{', ...' if len(gone) > 5 else ''}); "

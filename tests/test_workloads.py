@@ -504,10 +504,11 @@ def test_train_end_to_end(tmp_path, job, model, maker):
     data = tmp_path / "data"
     getattr(registry.part(maker, "synth"), f"make_{maker}")(data, seed=0)
     out = tmp_path / "task"
+    sets = ["training.epochs=2"] if maker == "marida" else []  # the marida quick profiles train 20 epochs
     rc = main(["train", str(JOBS / f"{job}.yaml"), "--profile", "quick", "--model", model, "--out", str(out),
-               "--set", f"workload.dataset.root={data}"])
+               "--set", f"workload.dataset.root={data}", *(x for s in sets for x in ("--set", s))])
     assert rc == 0, (out / "train.log").read_text() if (out / "train.log").exists() else "no train.log"
-    spec = quick(job, data)
+    spec = quick(job, data, *sets)
     lines = (out / "history.csv").read_text().strip().splitlines()
     header = lines[0].split(",")
     assert header == ["epoch", "train_loss", "val_loss", *HISTORY_COLUMNS[spec.workload.task], "lr", "epoch_seconds"]

@@ -386,15 +386,22 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         """Workload extras for result.json's ``extra``, with the best weights loaded and the model in eval
-        mode. The default asks the source (e.g. a classifier's calibration); a workload's Trainer overrides it."""
-        return self.source.extra_results(self.bare_model, self.val_idx, self.tr.batch_size,
-                                         out_dir=self.plan.task_dir) or {}
+        mode. The default asks the source (e.g. a classifier's calibration) and, for binary segmentation,
+        tunes the probability threshold on validation (hpcseg/train/threshold.py: ``extra.threshold``);
+        a workload's Trainer overrides it (calling this one to keep both)."""
+        extra = self.source.extra_results(self.bare_model, self.val_idx, self.tr.batch_size,
+                                          out_dir=self.plan.task_dir) or {}
+        if self.task == "binary_segmentation":
+            from hpcseg.train.threshold import tune
+
+            extra["threshold"] = tune(self)
+        return extra
 
     def wants_evaluation(self) -> bool:
         """Whether :meth:`evaluate` does anything (so the best weights are loaded only when needed)."""
         from hpcseg.train.source import Source
 
-        return (type(self).evaluate is not Trainer.evaluate
+        return (type(self).evaluate is not Trainer.evaluate or self.task == "binary_segmentation"
                 or type(self.source).extra_results is not Source.extra_results)
 
     def finish(self, reason: str) -> Outcome:

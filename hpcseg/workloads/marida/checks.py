@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from hpcseg.errors import HpcsegError
 from hpcseg.images import ImageReadError, read_image
 from hpcseg.preflight import (
     Checks,
@@ -23,6 +24,7 @@ from hpcseg.preflight import (
     summarise_labels,
     train_fraction,
 )
+from hpcseg.workloads.marida.layout import SPLIT_FILES, confidence_option, read_split_file, split_folder
 
 MARIDA_MAX_CODE = 15  # MARIDA v1: 0 unlabelled, 1 marine debris, ..., 15 mixed water
 MARIDA_DEBRIS = 1
@@ -76,7 +78,7 @@ def check(c: Checks, root: Path) -> None:
     report_read_errors(c, tile_reads)
     report_read_errors(c, label_reads)
     binary = c.spec.workload.task == "binary_segmentation"
-    high = MARIDA_MAX_CODE if binary else c.spec.workload.dataset.num_classes - 1
+    high = MARIDA_MAX_CODE if binary else c.spec.workload.dataset.num_classes  # codes 1..K are classes 0..K-1
     meaning = "MARIDA class codes" if binary else "workload.dataset.num_classes"
     for r in label_reads:
         check_codes(c, r, 0, high, meaning)
@@ -88,6 +90,54 @@ def check(c: Checks, root: Path) -> None:
             r.levels is not None and MARIDA_DEBRIS in r.levels for r in label_reads):
         c.warn("dataset", patches, "no label holds code 1 (marine debris): the positive class never appears")
     c.count("training_samples", int(len(pairs) * train_fraction(c.spec)))
+    check_split_files(c, root, {Path(k).name for k in pairs})
+    try:
+        confidence = confidence_option(c.spec)
+    except HpcsegError as exc:
+        field, _, message = exc.message.partition(": ")
+        c.error("dataset", c.field(field), message)
+        return
+    if confidence != "all":
+        no_conf = sorted(Path(k).name for k in pairs if not Path(f"{k}_conf.tif").is_file())
+        if no_conf:
+            c.error("dataset", patches, f"{plural(len(no_conf), 'tile')} without <id>_conf.tif, needed by "
+                                        f"options.confidence {confidence}: {listed(no_conf)}")
+
+
+def check_split_files(c: Checks, root: Path, tiles: set[str]) -> None:
+    """MARIDA's official ``splits/{train,val,test}_X.txt``: every id names a tile, no tile sits in two lists
+    (a test tile that is trained on makes the test score meaningless), and the set is complete."""
+    folder = split_folder(root)
+    if not folder.is_dir():
+        return
+    present = {part: folder / name for part, name in SPLIT_FILES.items() if (folder / name).is_file()}
+    if not present:
+        return
+    missing = [SPLIT_FILES[p] for p in SPLIT_FILES if p not in present]
+    if missing:
+        c.warn("dataset", folder, f"{listed(missing)} missing: the official split is used only when all three "
+                                  f"files exist; the job's own split is made instead")
+    ids: dict[str, list[str]] = {}
+    for part, path in present.items():
+        try:
+            ids[part] = read_split_file(path)
+        except OSError as exc:
+            c.error("dataset", path, f"cannot read: {exc.strerror or exc}")
+            continue
+        if not ids[part]:
+            c.error("dataset", path, "lists no patch ids; one id per line, e.g. 1-12-19_48MYU_0")
+        unknown = sorted(set(ids[part]) - tiles)
+        if unknown:
+            c.error("dataset", path, f"{plural(len(unknown), 'id')} with no tile (and _cl.tif) under patches/: "
+                                     f"{listed(unknown)}; fix the list or restore the tiles")
+    for a, b in (("train", "test"), ("val", "test"), ("train", "val")):
+        both = sorted(set(ids.get(a, [])) & set(ids.get(b, [])))
+        if both:
+            c.error("dataset", present[b], f"{plural(len(both), 'id')} also in {SPLIT_FILES[a]}: {listed(both)}; "
+                                           f"each tile belongs to one split")
+    if len(present) == len(SPLIT_FILES) and c.spec.workload.split.folds != 1:
+        c.warn("dataset", folder, f"workload.split.folds is {c.spec.workload.split.folds}: the official split is "
+                                  f"one hold-out, so it is not used; set folds: 1 to use it")
 
 
 def _key(path: Path, suffix: str) -> str:

@@ -35,3 +35,74 @@ def index(spec: JobSpec, root: Path, strata: bool) -> DatasetIndex:
         index.strata = np.array([int((read_image(cl) == 1).any()) for _, cl in files], dtype=np.int64)
         index.strata_note = "marine debris (class 1) present"
     return index
+
+
+# ------------------------------------------------------------------------------------- the official split
+
+SPLIT_FILES = {"train": "train_X.txt", "val": "val_X.txt", "test": "test_X.txt"}
+
+
+def split_folder(root: Path) -> Path:
+    return Path(root) / "splits"
+
+
+def tile_name(patch_id: str) -> str:
+    """A split file's id ("1-12-19_48MYU_0") as the tile's file stem ("S2_1-12-19_48MYU_0")."""
+    return patch_id if patch_id.startswith("S2_") else f"S2_{patch_id}"
+
+
+def read_split_file(path: Path) -> list[str]:
+    """The patch ids of one split file, as tile names: one id per line, blank lines and # comments skipped."""
+    ids = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            ids.append(tile_name(line))
+    return ids
+
+
+def official_files(root: Path) -> dict[str, Path] | None:
+    """The three split files when ``ROOT/splits/`` holds all of them, else None."""
+    folder = split_folder(root)
+    files = {part: folder / name for part, name in SPLIT_FILES.items()}
+    return files if all(f.is_file() for f in files.values()) else None
+
+
+def official_splits(spec: JobSpec, index: DatasetIndex) -> dict | None:
+    """Splits hook (hpcseg/splits.py): MARIDA's own train/val/test lists when ``ROOT/splits/`` has them and
+    the job asks for one hold-out (``split.folds: 1``); None otherwise, and the job's own split is made.
+
+    Items listed nowhere are left out; ids without a tile are an error (``hpcseg check`` names them)."""
+    files = official_files(Path(spec.workload.dataset.root))
+    if files is None or spec.workload.split.folds != 1:
+        return None
+    parts = {part: read_split_file(path) for part, path in files.items()}
+    known = set(index.names)
+    for part, names in parts.items():
+        gone = [n for n in names if n not in known]
+        if gone:
+            raise HpcsegError(f"{files[part]}: {len(gone)} id(s) have no tile under patches/ "
+                              f"({', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}); fix the list or the data")
+    overlap = sorted(set(parts["train"]) & set(parts["test"]))
+    if overlap:
+        raise HpcsegError(f"{files['test']}: {len(overlap)} id(s) also in {files['train'].name} "
+                          f"({', '.join(overlap[:3])}); a test tile must never be trained on")
+    return {part: sorted(set(names)) for part, names in parts.items()} | {
+        "source": f"official MARIDA split: {', '.join(str(f) for f in files.values())}"}
+
+
+# ------------------------------------------------------------------------------------- confidence masks
+
+CONFIDENCE_LEVELS = {"all": 3, "moderate": 2, "high": 1}  # the highest _conf.tif level kept (1 high, 2 moderate, 3 low)
+
+
+def confidence_option(spec: JobSpec) -> str:
+    """``model.options.confidence`` of the first model that sets it (the data is shared by every model)."""
+    for m in spec.workload.models:
+        if "confidence" in m.options:
+            value = m.options["confidence"]
+            if value not in CONFIDENCE_LEVELS:
+                raise HpcsegError(f"workload.models.{m.name}.options.confidence: {value!r} is not one of "
+                                  f"{', '.join(CONFIDENCE_LEVELS)}")
+            return str(value)
+    return "all"

@@ -75,10 +75,12 @@ def _marida_tile(rng: np.random.Generator, size: int, bands: int) -> tuple[np.nd
     return tile.astype(np.float32), cl
 
 
-def make_marida(out: Path, n: int = 24, size: int = 32, bands: int = 11, seed: int = 0) -> dict:
+def make_marida(out: Path, n: int = 24, size: int = 32, bands: int = 11, seed: int = 0, splits: bool = True) -> dict:
     """Write ``out/patches/S2_<date>_<tile>/<id>.tif`` (size, size, bands) float32 with ``<id>_cl.tif``
     (uint8 MARIDA codes: 1 debris, 2 Sargassum, 6 clouds, 7 water, 8 sediment, 10 turbid, 0 unlabelled)
-    and ``<id>_conf.tif`` (annotation confidence, ignored by the loaders), grouped four tiles per scene.
+    and ``<id>_conf.tif`` (annotation confidence 1 high, 2 moderate, 3 low; 0 where unlabelled), grouped
+    four tiles per scene; with ``splits``, MARIDA's ``out/splits/{train,val,test}_X.txt`` too (ids without
+    the ``S2_`` prefix, as the real files; every 5th tile to val, the next to test: 60/20/20).
     """
     out = Path(out)
     if n < 1 or size < 8 or bands < 2:
@@ -87,6 +89,7 @@ def make_marida(out: Path, n: int = 24, size: int = 32, bands: int = 11, seed: i
     ensure_empty(patches)
     seq = np.random.SeedSequence(seed)
     debris_tiles = 0
+    parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for i, child in enumerate(seq.spawn(n)):
         rng = np.random.default_rng(child)
         scene = f"S2_{1 + (i // 4) % 28}-{1 + (i // 112) % 12}-19_{MARIDA_TILES[(i // 4) % len(MARIDA_TILES)]}"
@@ -99,6 +102,11 @@ def make_marida(out: Path, n: int = 24, size: int = 32, bands: int = 11, seed: i
         save_tiff(cl, folder / f"{stem}_cl.tif")
         save_tiff(conf, folder / f"{stem}_conf.tif")
         debris_tiles += int((cl == 1).any())
+        parts["val" if i % 5 == 3 else "test" if i % 5 == 4 else "train"].append(stem.removeprefix("S2_"))
+    if splits and n >= 5:
+        (out / "splits").mkdir(parents=True, exist_ok=True)
+        for part, ids in parts.items():
+            (out / "splits" / f"{part}_X.txt").write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
     return {"kind": "marida", "path": str(out), "n": n, "size": size, "bands": bands, "seed": seed,
             "tiles_with_debris": debris_tiles}
 

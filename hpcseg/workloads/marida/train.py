@@ -1,10 +1,18 @@
-"""MARIDA marine debris (seeds 001, 003): 11-band Sentinel-2 tiles, debris vs everything else.
+"""MARIDA marine debris (seeds 001, 003): 11-band Sentinel-2 tiles, debris vs everything else, or all classes.
 
 ``ROOT/patches/**/<id>.tif`` holds an (H, W, bands) or (bands, H, W) float tile (both exports exist;
-the orientation is read off the ``<id>_cl.tif`` mask's shape) with MARIDA class codes in ``_cl``. The
-task is binary: code 1 (Marine Debris) is the positive class, every other code the negative, and code
-0 (unlabelled, most of every MARIDA tile) becomes -1 so the loss and metrics ignore it: calling
+the orientation is read off the ``<id>_cl.tif`` mask's shape) with MARIDA class codes in ``_cl``.
+``binary_segmentation``: code 1 (Marine Debris) is the positive class, every other code the negative.
+``multiclass_segmentation``: code c (1..num_classes, MARIDA v1 has 15) is class c-1; class weights come
+from the training pixels' frequencies through the ``weighted_ce`` loss component. Either way code 0
+(unlabelled, most of every MARIDA tile) becomes -1 so the loss and metrics ignore it: calling
 unlabelled water "not debris" would teach the model on guesses.
+
+Confidence: ``model.options.confidence`` (``all``, the default; ``moderate``; ``high``) keeps only the
+labelled pixels whose ``<id>_conf.tif`` level (MARIDA: 1 high, 2 moderate, 3 low) is at least that
+sure; the others are ignored like unlabelled ones. The official split (``ROOT/splits/*_X.txt``, see
+layout.py) holds out a test list: :class:`Trainer` evaluates it once, with the best weights, at the end
+(result.json ``extra.test``).
 
 The dataset (1,381 tiles of 256²) fits on the GPU, so this is a :class:`TensorSource`. Bands are
 normalised per band with the mean/std of the *training* tiles (:meth:`MaridaSource.prepare`);
@@ -17,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,12 +35,24 @@ from hpcseg.errors import HpcsegError
 from hpcseg.images import read_image
 from hpcseg.layouts import index_dataset
 from hpcseg.spec import JobSpec
+from hpcseg.train.loop import Trainer as BaseTrainer
 from hpcseg.train.source import IGNORE, TensorSource
+from hpcseg.workloads.marida.layout import CONFIDENCE_LEVELS, confidence_option
 
 log = logging.getLogger("hpcseg.train")
 
 DEBRIS = 1
 UNLABELLED = 0
+
+
+def class_target(codes: np.ndarray, num_classes: int, where: Path) -> np.ndarray:
+    """MARIDA class codes -> int64 target for the multi-class task: code c -> c - 1, unlabelled -> -1."""
+    codes = np.rint(np.asarray(codes, dtype=np.float64)).astype(np.int64)
+    high = int(codes.max(initial=0))
+    if high > num_classes or codes.min(initial=0) < 0:
+        raise HpcsegError(f"{where}: class code {high if high > num_classes else int(codes.min())} is outside "
+                          f"1..{num_classes} (workload.dataset.num_classes); raise num_classes or fix the mask")
+    return np.where(codes == UNLABELLED, IGNORE, codes - 1)
 
 
 def debris_target(codes: np.ndarray) -> np.ndarray:
@@ -63,15 +84,33 @@ def center_crop(a: np.ndarray, size: tuple[int, int], where: Path) -> np.ndarray
     return a[..., r:r + th, c:c + tw]
 
 
-def load_tile(tile_path: Path, cl_path: Path, bands: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(bands, H, W) float32 tile and (H, W) int64 target, centre-cropped to ``size``."""
-    codes = read_image(cl_path)
-    if codes.ndim == 3 and 1 in (codes.shape[0], codes.shape[-1]):
-        codes = codes.reshape(codes.shape[1:] if codes.shape[0] == 1 else codes.shape[:2])
-    if codes.ndim != 2:
-        raise HpcsegError(f"{cl_path}: expected a single-band class map, got shape {codes.shape}")
+def _single_band(path: Path) -> np.ndarray:
+    a = read_image(path)
+    if a.ndim == 3 and 1 in (a.shape[0], a.shape[-1]):
+        a = a.reshape(a.shape[1:] if a.shape[0] == 1 else a.shape[:2])
+    if a.ndim != 2:
+        raise HpcsegError(f"{path}: expected a single-band map, got shape {a.shape}")
+    return a
+
+
+def load_tile(tile_path: Path, cl_path: Path, bands: int, size: tuple[int, int], *, num_classes: int | None = None,
+              confidence: str = "all") -> tuple[np.ndarray, np.ndarray]:
+    """(bands, H, W) float32 tile and (H, W) int64 target, centre-cropped to ``size``. ``num_classes``:
+    the multi-class target (else binary debris); ``confidence``: drop less sure pixels (module docstring)."""
+    codes = _single_band(cl_path)
     tile = bands_first(read_image(tile_path), codes.shape, bands, tile_path).astype(np.float32)
-    return center_crop(tile, size, tile_path), center_crop(debris_target(codes), size, cl_path)
+    target = debris_target(codes) if num_classes is None else class_target(codes, num_classes, cl_path)
+    if confidence != "all":
+        conf_path = cl_path.with_name(cl_path.name[: -len("_cl.tif")] + "_conf.tif")
+        if not conf_path.is_file():
+            raise HpcsegError(f"{conf_path}: missing, but options.confidence is {confidence!r}; add the _conf.tif "
+                              f"masks or drop the option")
+        conf = _single_band(conf_path)
+        if conf.shape != codes.shape:
+            raise HpcsegError(f"{conf_path}: {conf.shape[0]}x{conf.shape[1]}, but its _cl.tif is "
+                              f"{codes.shape[0]}x{codes.shape[1]}")
+        target = np.where(np.rint(conf) > CONFIDENCE_LEVELS[confidence], IGNORE, target)
+    return center_crop(tile, size, tile_path), center_crop(target, size, cl_path)
 
 
 class MaridaSource(TensorSource):
@@ -115,7 +154,7 @@ class MaridaSource(TensorSource):
 
     def describe(self) -> str:
         labelled = int((self.y >= 0).sum())
-        debris = int((self.y == 1).sum())
+        debris = int((self.y == (1 if self.task == "binary_segmentation" else DEBRIS - 1)).sum())
         return (f"MaridaSource: {len(self._names)} tiles, {self.in_channels} bands, "
                 f"{tuple(self.x.shape[-2:])} px; {labelled} labelled pixels, {debris} debris "
                 f"({100 * debris / max(labelled, 1):.2f}%)")
@@ -123,13 +162,73 @@ class MaridaSource(TensorSource):
 
 def build(spec: JobSpec, device: torch.device) -> MaridaSource:
     ds = spec.workload.dataset
-    if spec.workload.task != "binary_segmentation":
-        raise HpcsegError(f"marida layout: task must be binary_segmentation (debris vs rest), got {spec.workload.task}")
+    if spec.workload.task not in ("binary_segmentation", "multiclass_segmentation"):
+        raise HpcsegError(f"marida layout: task must be binary_segmentation (debris vs rest) or "
+                          f"multiclass_segmentation (MARIDA's classes), got {spec.workload.task}")
+    multi = ds.num_classes if spec.workload.task == "multiclass_segmentation" else None
+    confidence = confidence_option(spec)
     index = index_dataset(spec, strata=False)
     if ds.expected_count is not None and len(index) != ds.expected_count:
         raise HpcsegError(f"{ds.root}: {len(index)} tiles, but expected_count is {ds.expected_count}")
     size = tuple(ds.image_size)
-    xs, ys = zip(*(load_tile(t, cl, ds.channels, size) for t, cl in index.files), strict=True)
+    xs, ys = zip(*(load_tile(t, cl, ds.channels, size, num_classes=multi, confidence=confidence)
+                   for t, cl in index.files), strict=True)
     x = torch.from_numpy(np.stack(xs))
-    y = torch.from_numpy(np.stack(ys)).to(torch.int8)  # -1/0/1: int8 keeps 1,381 x 256² small on the GPU
+    y = torch.from_numpy(np.stack(ys)).to(torch.int8)  # -1..14: int8 keeps 1,381 x 256² small on the GPU
+    if confidence != "all":
+        log.info("marida: options.confidence %s: only pixels of _conf.tif level <= %d are labelled", confidence,
+                 CONFIDENCE_LEVELS[confidence])
     return MaridaSource(spec, list(index.names), x, y, device)
+
+
+class Trainer(BaseTrainer):
+    """The generic trainer plus one evaluation of the official test split (if the split has one) at the end."""
+
+    def wants_evaluation(self) -> bool:
+        return True
+
+    def evaluate(self) -> dict[str, Any]:
+        extra = super().evaluate()
+        test = self.test_indices()
+        if test is not None and len(test):
+            extra["test"] = self.evaluate_test(test, extra.get("threshold") or {})
+            log.info("test split (%d tiles, evaluated once with the best weights): %s", len(test),
+                     " ".join(f"{k}={v:.4f}" for k, v in extra["test"]["metrics"].items()))
+        return extra
+
+    def test_indices(self) -> np.ndarray | None:
+        from hpcseg.splits import SPLITS, read_splits
+
+        path = self.plan.splits_dir / SPLITS
+        names = read_splits(path).get("test") if path.exists() else None
+        if not names:
+            return None
+        pos = {n: i for i, n in enumerate(self.source.names())}
+        return np.array([pos[n] for n in names if n in pos], dtype=np.int64)
+
+    def evaluate_test(self, test: np.ndarray, tuned: dict[str, Any]) -> dict[str, Any]:
+        from hpcseg.train.metrics import ConfusionMeter
+        from hpcseg.train.threshold import ProbabilityHistogram, at
+
+        model, binary = self.bare_model, self.task == "binary_segmentation"
+        meter = ConfusionMeter(self.task, self.source.num_classes, self.device)
+        hist = ProbabilityHistogram(self.device) if binary else None
+        with torch.inference_mode():
+            for x, y in self.source.batches(test, self.tr.batch_size, train=False, epoch=0, seed=0):
+                with self.amp:
+                    logits = model(x)
+                logits = logits.float()
+                meter.update(logits, y)
+                if hist is not None:
+                    hist.update(logits, y)
+        out: dict[str, Any] = {"split": "test", "items": int(len(test)), "metrics": meter.compute()}
+        if hist is not None and "best_threshold" in tuned:
+            pos, neg = hist.counts()
+            out["at_threshold"] = at(pos, neg, float(tuned["best_threshold"]))
+        if not binary:
+            cm = meter.matrix.view(meter.k, meter.k).cpu().numpy().astype(np.float64)
+            tp = np.diag(cm)
+            union = cm.sum(0) + cm.sum(1) - tp
+            names = self.spec.workload.dataset.class_names or [f"class_{c + 1}" for c in range(meter.k)]
+            out["iou_per_class"] = {names[c]: (float(tp[c] / union[c]) if union[c] else None) for c in range(meter.k)}
+        return out
