@@ -83,6 +83,8 @@ class Trainer:
         self.rows: list[dict[str, float]] = []
         self.done_epochs, self.start_batch = 0, 0
         self.running: dict[str, Any] = {"loss_sum": 0.0, "seen": 0, "seconds": 0.0}
+        self.train_metrics: dict[str, float] = {}  # train_<metric> columns of the epoch (hpcseg.columns)
+        self.train_soft = None  # a SoftJaccardMean while a binary task trains an epoch
 
     # ------------------------------------------------------------------------------------------ the order
 
@@ -108,7 +110,7 @@ class Trainer:
                     raise Diverged(f"validation loss became {val_loss} in epoch {epoch}")
                 self.info["train_seconds"] += time.time() - self.t0
                 row = {"epoch": epoch, "train_loss": self.train_loss, "val_loss": val_loss,
-                       **{f"val_{k}": v for k, v in metrics.items()}, "lr": self.lr,
+                       **{f"val_{k}": v for k, v in metrics.items()}, **self.train_metrics, "lr": self.lr,
                        "epoch_seconds": self.prior_seconds + time.time() - self.t0}
                 improved = self.es.update(row[self.metric], epoch)
                 self.checkpoint(epoch, row, improved)
@@ -260,6 +262,10 @@ class Trainer:
         seen = int(self.running["seen"]) if carry else 0
         first = self.start_batch if resumed else 0
         n_batches = self.num_batches()
+        from hpcseg.train.metrics import SoftJaccardMean
+
+        # Keras-style train metric: the batches of this attempt (a mid-epoch resume starts the mean afresh)
+        self.train_soft = SoftJaccardMean(self.device) if "train_jaccard_soft" in self.cols else None
         check_every = 16 if self.cuda else 1
         progress = _Progress(n_batches) if sys.stdout.isatty() and self.is_main else None
         self.model.train()
@@ -289,6 +295,10 @@ class Trainer:
                 return Outcome("interrupted", EXIT_REQUEUE, f"{why} in epoch {epoch}")
         total, total_seen = self.epoch_sums(loss_sum, seen)  # the epoch's one host sync
         self.train_loss = total / max(total_seen, 1)
+        if self.train_soft is not None:
+            if self.dist.launched:
+                self.dist.sum_(self.train_soft.sums)
+            self.train_metrics = {"train_jaccard_soft": self.train_soft.compute()}
         self.info.setdefault("speed", []).append(
             (total_seen - (int(self.running["seen"]) if resumed else 0), time.time() - self.t0))
         if not math.isfinite(self.train_loss):
@@ -308,6 +318,8 @@ class Trainer:
         with self.amp:
             logits = self.model(x)
         loss = self.loss_fn(logits, y)
+        if self.train_soft is not None and weight:
+            self.train_soft.update(logits.detach(), y)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * weight if weight != 1.0 else loss).backward()
         if self.tr.grad_clip:
@@ -432,6 +444,7 @@ class Trainer:
         if self.dist.launched:
             total, seen = self.epoch_sums(loss_sum, seen)
             self.dist.sum_(meter.matrix)
+            self.dist.sum_(meter.soft.sums)
             return total / max(seen, 1), meter.compute()
         return float(loss_sum) / max(seen, 1), meter.compute()
 

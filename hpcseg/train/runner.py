@@ -378,6 +378,7 @@ def _write_result(plan: TaskPlan, info: dict[str, Any], outcome: Outcome, starte
         "n_train": info.get("n_train"),
         "n_val": info.get("n_val"),
         "params": info.get("params"),
+        "parameters": info.get("params"),  # the model's parameter count under its full name (issue 12)
         "train_images_per_second": _speed(info.get("speed") or []),
         "device": info.get("device"),
         "torch": info.get("torch"),
