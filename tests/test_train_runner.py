@@ -25,7 +25,8 @@ from hpcseg.cli import main  # noqa: E402
 from tests.datasets import write_microbead  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_jaccard", "val_dice", "val_precision", "val_recall", "lr"]
+METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_jaccard", "val_dice", "val_precision", "val_recall",
+                  "train_jaccard_soft", "val_jaccard_soft", "lr"]
 
 JOB = """\
 name: tiny_beads

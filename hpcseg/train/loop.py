@@ -264,8 +264,10 @@ class Trainer:
         n_batches = self.num_batches()
         from hpcseg.train.metrics import SoftJaccardMean
 
-        # Keras-style train metric: the batches of this attempt (a mid-epoch resume starts the mean afresh)
+        # Keras-style train metric over the epoch's batches; a mid-epoch resume carries the saved sums
         self.train_soft = SoftJaccardMean(self.device) if "train_jaccard_soft" in self.cols else None
+        if self.train_soft is not None and carry and "soft" in self.running:
+            self.train_soft.sums += torch.tensor(self.running["soft"], dtype=torch.float64, device=self.device)
         check_every = 16 if self.cuda else 1
         progress = _Progress(n_batches) if sys.stdout.isatty() and self.is_main else None
         self.model.train()
@@ -289,6 +291,9 @@ class Trainer:
                     raise Diverged(f"train loss became {total} in epoch {epoch}")
                 self.info["train_seconds"] += now - self.t0
                 run = {"loss_sum": total, "seen": total_seen, "seconds": self.prior_seconds + now - self.t0}
+                if self.train_soft is not None:
+                    self.dist.sum_(self.train_soft.sums)
+                    run["soft"] = self.train_soft.sums.tolist()
                 self.save(ckpt.LAST, self.checkpoint_state(epoch - 1, b + 1, run, None))
                 log.info("stopped (%s) after batch %d/%d of epoch %d; checkpoint written, requeue to go on",
                          why, b + 1, n_batches, epoch)
@@ -296,8 +301,7 @@ class Trainer:
         total, total_seen = self.epoch_sums(loss_sum, seen)  # the epoch's one host sync
         self.train_loss = total / max(total_seen, 1)
         if self.train_soft is not None:
-            if self.dist.launched:
-                self.dist.sum_(self.train_soft.sums)
+            self.dist.sum_(self.train_soft.sums)  # a no-op without data parallelism
             self.train_metrics = {"train_jaccard_soft": self.train_soft.compute()}
         self.info.setdefault("speed", []).append(
             (total_seen - (int(self.running["seen"]) if resumed else 0), time.time() - self.t0))
