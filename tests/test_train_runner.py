@@ -194,7 +194,8 @@ def test_kill_between_checkpoint_and_history_row_is_healed(world, tmp_path):
 def test_divergence_stops_with_exit_4(world, tmp_path):
     out = tmp_path / "task"
     code = main(["train", str(world["jobs"][3]), "--out", str(out), "--set", "training.lr=10",
-                 "--set", "training.optimizer=sgd", "--set", "training.loss=ce"])
+                 "--set", "training.optimizer=sgd", "--set", "training.loss=ce",
+                 "--set", "workload.models.unet.arch=residual_unet"])  # the classic U-Net survives lr 10
     assert code == 4
     res = result(out)
     assert res["reason"] == "diverged" and "nan" in res["message"].lower()
