@@ -165,8 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HpcsegError as exc:
         if "hpcseg.jobload" in sys.modules:  # a job was loaded: name where a refused field was written
             exc = sys.modules["hpcseg.jobload"].name_origin(exc)
+        from hpcseg.printable import printable  # names and paths in messages are shown, never obeyed
+
         for i, line in enumerate(exc.lines()):
-            print(f"hpcseg {args.verb}: {line}" if i == 0 else line, file=sys.stderr)
+            print(printable(f"hpcseg {args.verb}: {line}" if i == 0 else line), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"hpcseg {args.verb}: interrupted", file=sys.stderr)

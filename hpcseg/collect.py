@@ -16,7 +16,6 @@ import json
 import math
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,67 +39,29 @@ from hpcseg.compare import (
 )
 from hpcseg.errors import EXIT_FAILED, HpcsegError
 from hpcseg.fsutil import write_text_atomic
-from hpcseg.history import (
+from hpcseg.printable import printable, rich_text
+from hpcseg.runs import Run, find_run, runs_root
+from hpcseg.spec import Task
+from hpcseg.taskfiles import (
+    EXIT_DAMAGED,
     RESULT_STATUSES,
     History,
+    TaskResult,
+    _json_num,
+    human_duration,
     keras_model_name,
     read_history,
     read_keras_history,
     read_summary,
     read_task_status,
+    task_damage,
 )
-from hpcseg.runs import Run, find_run, runs_root
-from hpcseg.spec import Task
 
 SUMMARY_CSV = "training_summary.csv"
 CV_JSON = "cv_results.json"
 COMPARISON_MD = "comparison.md"
 PLOTS_DIR = "plots"
 STD_DDOF = 1  # sample standard deviation over folds: the folds are a sample of possible splits
-
-
-@dataclass
-class TaskResult:
-    """One model × fold, as read from its folder."""
-
-    index: int
-    model: str
-    fold: int
-    status: str
-    reason: str | None = None
-    exit_code: int | None = None
-    best_epoch: int | None = None
-    best: float | None = None
-    final: float | None = None
-    epochs_run: int = 0
-    train_time_s: float | None = None
-    flags: list[str] = field(default_factory=list)
-    history: History | None = None  # kept in memory for the plots; never serialised
-
-    def row(self, metric: str) -> dict[str, Any]:
-        """The JSON form (NaN and inf become None, as JSON has neither)."""
-        return {
-            "model": self.model, "fold": self.fold, "index": self.index, "status": self.status,
-            "best_epoch": self.best_epoch, f"best_{metric}": _json_num(self.best),
-            f"final_{metric}": _json_num(self.final), "epochs_run": self.epochs_run,
-            "train_time": _json_num(self.train_time_s), "train_time_human": human_duration(self.train_time_s),
-            "flags": list(self.flags), "reason": self.reason, "exit_code": self.exit_code,
-        }
-
-
-def _json_num(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
-def human_duration(seconds: float | None) -> str:
-    """45s, 12.5m, 2.3h: the seed's ``train_time`` column."""
-    if seconds is None or not math.isfinite(seconds):
-        return ""
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 # --------------------------------------------------------------------------------------------- per task
@@ -124,7 +85,9 @@ def summarize_history(h: History, metric: str, mode: str, exit_code: int | None 
     warnings: list[str] = []
     secs = h.column("epoch_seconds")
     if secs is not None and len(h):
-        out["train_time_s"] = float(np.nansum(secs))
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = float(np.nansum(secs))
+        out["train_time_s"] = total if math.isfinite(total) else None
     diverged = detect_divergence(h.column("train_loss"), h.column("val_loss"), exit_code=exit_code)
     values = h.column(metric)
     if values is None:
@@ -143,15 +106,25 @@ def summarize_history(h: History, metric: str, mode: str, exit_code: int | None 
     return out, warnings
 
 
-def summarize_task(run: Run, task: Task, metric: str, mode: str) -> tuple[TaskResult, list[str]]:
-    """Status from the exit_code/result.json files, numbers from history.csv; nothing here raises."""
+def summarize_task(run: Run, task: Task, metric: str, mode: str, damaged: list[str] | None = None
+                   ) -> tuple[TaskResult, list[str]]:
+    """Status from the exit_code/result.json files, numbers from history.csv; nothing here raises.
+
+    ``damaged`` collects one line per damaged file of the task (also among the returned warnings)."""
     d = run.task_dir(task)
     hist_path = d / "history.csv"
     h: History | None = None
-    warnings: list[str] = []
-    if hist_path.is_file():
+    bad = task_damage(d)
+    warnings: list[str] = list(bad)
+    if not bad and hist_path.is_file():
         h = read_history(hist_path, label=f"{task.relpath}/history.csv")
         warnings += h.warnings
+        bad += h.damage
+    elif not bad and hist_path.exists():
+        bad.append(f"{task.relpath}/history.csv: is not a regular file")
+        warnings += bad[-1:]
+    if damaged is not None:
+        damaged += [f"{run.dir.parent.name}/{run.run_id}/{b}" if not b.startswith("/") else b for b in bad]
     status, reason, code = read_task_status(d, has_history=h is not None)
     t = TaskResult(task.index, task.model, task.fold, status, reason=reason, exit_code=code, history=h)
     if h is not None:
@@ -165,11 +138,12 @@ def summarize_task(run: Run, task: Task, metric: str, mode: str) -> tuple[TaskRe
     return t, warnings
 
 
-def summarize_run(run: Run, metric: str, mode: str) -> tuple[list[TaskResult], list[str]]:
+def summarize_run(run: Run, metric: str, mode: str, damaged: list[str] | None = None
+                  ) -> tuple[list[TaskResult], list[str]]:
     """Every task of the run, in array-index order (models in spec order, folds ascending)."""
     results, warnings = [], []
     for task in sorted(run.tasks, key=lambda t: t.index):
-        r, w = summarize_task(run, task, metric, mode)
+        r, w = summarize_task(run, task, metric, mode, damaged)
         results.append(r)
         warnings += w
     return results, warnings
@@ -221,11 +195,11 @@ def cv_results(run: Run, tasks: list[TaskResult], results: list[ModelResult], me
         own = [t for t in tasks if t.model == m.model]
         vals = [v for v in m.folds if v is not None]
         models[m.model] = {
-            "mean": m.best, "std": m.std,
+            "mean": _json_num(m.best), "std": _json_num(m.std),
             "min": min(vals) if vals else None, "max": max(vals) if vals else None,
             "n_folds": m.n_folds, "n_tasks": len(own),
             "folds": [_json_num(v) for v in m.folds],
-            "final_mean": m.final,
+            "final_mean": _json_num(m.final),
             "collapsed_folds": m.collapsed, "diverged_folds": m.diverged,
             "statuses": dict(sorted(Counter(t.status for t in own).items())),
         }
@@ -240,7 +214,7 @@ def cv_results(run: Run, tasks: list[TaskResult], results: list[ModelResult], me
         "folds_counted": "tasks that ended with a training result (status completed or diverged)",
         "models": models,
         "best_model": best.model if best else None,
-        "best_value": best.best if best else None,
+        "best_value": _json_num(best.best) if best else None,
     }
 
 
@@ -347,7 +321,8 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
     """
     metric, mode, _ = collection_settings(run)
     root = Path(root) if root else run.dir.parent.parent
-    tasks, warnings = summarize_run(run, metric, mode)
+    damaged: list[str] = []
+    tasks, warnings = summarize_run(run, metric, mode, damaged)
     results = model_results(tasks)
     cv = cv_results(run, tasks, results, metric, mode)
 
@@ -355,12 +330,20 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
     warnings += w
     comp, line = None, None
     if ref is not None:
-        base, w = load_baseline(ref, metric, mode)
+        try:
+            base, w = load_baseline(ref, metric, mode)
+            comp = compare_results(results, base, mode)
+        except HpcsegError as exc:
+            if against:
+                raise  # the user named this baseline: refusing it is the answer
+            warnings.append(exc.message)
+            ref, note, comp, w = None, exc.message, None, []
+            base = []
         warnings += w
-        if not any(b.best is not None for b in base):
+        if ref is not None and not any(b.best is not None for b in base):
             warnings.append(f"baseline {ref.label}: no {metric} values in it")
-        comp = compare_results(results, base, mode)
-        line = _headline(comp, cv["best_model"])
+        if comp is not None:
+            line = _headline(comp, cv["best_model"])
 
     files = {"summary": run.dir / SUMMARY_CSV, "cv": run.dir / CV_JSON, "comparison": run.dir / COMPARISON_MD}
     try:
@@ -384,6 +367,7 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
         "comparison": comp,
         "headline": line,
         "warnings": warnings,
+        "damaged": damaged,
         "files": {**{k: str(v) for k, v in files.items()}, "plots": [str(p) for p in plot_files]},
     }
 
@@ -398,9 +382,18 @@ def _headline(comp: dict[str, Any], best_model: str | None) -> str | None:
 
 
 def print_report(result: dict[str, Any], console: Any = None, max_task_rows: int = 40) -> None:
-    """The tables a person reads: tasks (or per-model CV when there are many), comparison, the headline."""
+    """The tables a person reads: tasks (or per-model CV when there are many), comparison, the headline.
+
+    Every piece of user text (job, model and file names, reasons) goes in as a Rich ``Text``: shown as
+    written, never parsed as markup, its control characters escaped."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    T = rich_text  # noqa: N806
+
+    def row(tbl: Table, *cells: Any) -> None:
+        tbl.add_row(*(T(c) for c in cells))
 
     if console is None:
         console = Console()
@@ -409,51 +402,53 @@ def print_report(result: dict[str, Any], console: Any = None, max_task_rows: int
     metric, cv = result["metric"], result["cv"]
     tasks = result["summary"]
     if len(tasks) <= max_task_rows:
-        t = Table(title=f"{result['job']} / {result['run_id']}: {len(tasks)} task(s)")
+        t = Table(title=T(f"{result['job']} / {result['run_id']}: {len(tasks)} task(s)"))
         for c in ("model", "fold", "status", "best epoch", f"best {metric}", f"final {metric}", "epochs",
                   "time", "flags"):
-            t.add_column(c, justify="right" if c not in ("model", "status", "flags") else "left")
+            t.add_column(T(c), justify="right" if c not in ("model", "status", "flags") else "left")
         for r in tasks:
-            t.add_row(r["model"], str(r["fold"]), r["status"], str(r["best_epoch"] or "—"),
-                      fmt_value(r[f"best_{metric}"]), fmt_value(r[f"final_{metric}"]), str(r["epochs_run"]),
-                      r["train_time_human"] or "—", ",".join(r["flags"]) or (r["reason"] or "")[:40])
+            row(t, r["model"], str(r["fold"]), r["status"], str(r["best_epoch"] or "—"),
+                fmt_value(r[f"best_{metric}"]), fmt_value(r[f"final_{metric}"]), str(r["epochs_run"]),
+                r["train_time_human"] or "—", ",".join(r["flags"]) or (r["reason"] or "")[:40])
         console.print(t)
-    t = Table(title=f"cross-validated best {metric} (std ddof={cv['std_ddof']})")
+    t = Table(title=T(f"cross-validated best {metric} (std ddof={cv['std_ddof']})"))
     for c in ("model", "mean", "std", "min", "max", "folds", "statuses"):
         t.add_column(c)
     for name, m in cv["models"].items():
         star = " *" if name == cv["best_model"] else ""
-        t.add_row(name + star, fmt_value(m["mean"]), fmt_value(m["std"]), fmt_value(m["min"]),
-                  fmt_value(m["max"]), f"{m['n_folds']}/{m['n_tasks']}",
-                  ", ".join(f"{k} {v}" for k, v in m["statuses"].items()))
+        row(t, name + star, fmt_value(m["mean"]), fmt_value(m["std"]), fmt_value(m["min"]),
+            fmt_value(m["max"]), f"{m['n_folds']}/{m['n_tasks']}",
+            ", ".join(f"{k} {v}" for k, v in m["statuses"].items()))
     console.print(t)
     comp = result["comparison"]
     if comp is None:
-        console.print(f"no baseline: {result['baseline_note'] or 'none'}")
+        console.print(T(f"no baseline: {result['baseline_note'] or 'none'}"))
     else:
-        t = Table(title=f"vs {result['baseline']['label']}")
+        t = Table(title=T(f"vs {result['baseline']['label']}"))
         for c in ("model", "baseline best", "baseline final", "best", "final", "ratio", "diff", "verdict"):
             t.add_column(c)
         for r in comp["rows"]:
-            t.add_row(r["model"], fmt_value(r["baseline_best"]),
-                      fmt_value(r["baseline_final"]) + (" (collapsed)" if r["baseline_collapsed"] else ""),
-                      fmt_value(r["best"]), fmt_value(r["final"]), fmt_ratio(r["ratio"]), fmt_diff(r["diff"]),
-                      r["verdict"])
+            row(t, r["model"], fmt_value(r["baseline_best"]),
+                fmt_value(r["baseline_final"]) + (" (collapsed)" if r["baseline_collapsed"] else ""),
+                fmt_value(r["best"]), fmt_value(r["final"]), fmt_ratio(r["ratio"]), fmt_diff(r["diff"]),
+                r["verdict"])
         console.print(t)
         if comp["only_in_run"]:
-            console.print(f"only in this run: {', '.join(comp['only_in_run'])}")
+            console.print(T(f"only in this run: {', '.join(comp['only_in_run'])}"))
         if comp["only_in_baseline"]:
-            console.print(f"only in the baseline: {', '.join(comp['only_in_baseline'])}")
+            console.print(T(f"only in the baseline: {', '.join(comp['only_in_baseline'])}"))
         if result["headline"]:
-            console.print(f"[bold]{result['headline']}[/bold]")
+            console.print(T(result["headline"], style="bold"))
     if cv["best_model"]:
-        console.print(f"best model: [bold]{cv['best_model']}[/bold] ({metric} {fmt_value(cv['best_value'])})")
-    console.print(f"wrote {result['files']['summary']}, {CV_JSON}, {COMPARISON_MD}"
-                  + (f", {len(result['files']['plots'])} plot(s)" if result["files"]["plots"] else ""))
+        console.print(Text.assemble("best model: ", T(cv["best_model"], style="bold"),
+                                    f" ({printable(metric)} {fmt_value(cv['best_value'])})"))
+    console.print(T(f"wrote {result['files']['summary']}, {CV_JSON}, {COMPARISON_MD}"
+                    + (f", {len(result['files']['plots'])} plot(s)" if result["files"]["plots"] else "")))
 
 
 def cli_collect(args: argparse.Namespace) -> int:
-    """``hpcseg collect RUN [--against ...] [--json]``: 0 when collected (even with failed tasks), 2 for bad input."""
+    """``hpcseg collect RUN [--against ...] [--json]``: 0 when collected (even with failed tasks), 2 for bad
+    input, 5 when collected but some task files were damaged (each named in one line on stderr)."""
     root = runs_root(getattr(args, "runs_dir", None))
     run = find_run(args.run, root)
     from hpcseg.runs import record_requeues
@@ -464,14 +459,18 @@ def cli_collect(args: argparse.Namespace) -> int:
     from hpcseg.report import write_report  # the HTML report beside the CSV/JSON/MD (docs/report.md)
 
     result["files"]["report"] = str(write_report(run, result))
-    for w in result["warnings"][:20]:
-        print(f"hpcseg collect: warning: {w}", file=sys.stderr)
-    if len(result["warnings"]) > 20:
-        print(f"hpcseg collect: ... and {len(result['warnings']) - 20} more warning(s)", file=sys.stderr)
+    damaged = set(result["damaged"])
+    for d in result["damaged"]:
+        print(f"hpcseg collect: damaged: {printable(d)}", file=sys.stderr)
+    shown = [w for w in result["warnings"] if w not in damaged and not any(w in d for d in damaged)]
+    for w in shown[:20]:
+        print(f"hpcseg collect: warning: {printable(w)}", file=sys.stderr)
+    if len(shown) > 20:
+        print(f"hpcseg collect: ... and {len(shown) - 20} more warning(s)", file=sys.stderr)
     if getattr(args, "json", False):
         out = {k: v for k, v in result.items() if k != "warnings"} | {"warnings": result["warnings"]}
         print(json.dumps(out, indent=2))
     else:
         print_report(result)
-        print(f"report: {result['files']['report']}")
-    return 0
+        print(f"report: {printable(result['files']['report'])}")
+    return EXIT_DAMAGED if result["damaged"] else 0

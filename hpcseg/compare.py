@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from hpcseg.errors import HpcsegError
-from hpcseg.history import task_finished
 from hpcseg.runs import MANIFEST, Run, list_runs, open_run
+from hpcseg.taskfiles import task_finished
 
 # A run whose validation metric ends below a quarter of its peak, for at least the last 3 epochs, has
 # collapsed (seed 004: 0.14 → 0.0). A dip that recovers, or a plateau, is not a collapse.
@@ -116,15 +116,39 @@ def _finite(xs: Iterable[float | None]) -> list[float]:
     return [float(x) for x in xs if x is not None and math.isfinite(x)]
 
 
+def _scale(xs: list[float]) -> float:
+    """A power of two near the largest magnitude: dividing by it is exact and keeps sums of values
+    like 1e308 from overflowing to inf."""
+    top = max(abs(x) for x in xs)
+    return math.ldexp(1.0, math.frexp(top)[1] - 1) if top > 1e300 else 1.0
+
+
+def _mean(xs: list[float]) -> float | None:
+    if not xs:
+        return None
+    k = _scale(xs)
+    m = float(np.mean([x / k for x in xs])) * k
+    return m if math.isfinite(m) else None
+
+
+def _std(xs: list[float]) -> float | None:
+    """Sample standard deviation (ddof=1); None for fewer than 2 values or when it exceeds a float."""
+    if len(xs) < 2:
+        return None
+    k = _scale(xs)
+    sd = float(np.std([x / k for x in xs], ddof=1)) * k
+    return sd if math.isfinite(sd) else None
+
+
 def aggregate(model: str, bests: Sequence[float | None], finals: Sequence[float | None],
               collapsed: Sequence[bool] = (), diverged: Sequence[bool] = ()) -> ModelResult:
     """Mean, sample std and counts over a model's folds; folds without a finite value are left out."""
     b, f = _finite(bests), _finite(finals)
     return ModelResult(
         model=model,
-        best=float(np.mean(b)) if b else None,
-        final=float(np.mean(f)) if f else None,
-        std=float(np.std(b, ddof=1)) if len(b) > 1 else None,
+        best=_mean(b),
+        final=_mean(f),
+        std=_std(b),
         n_folds=len(b),
         collapsed=int(sum(bool(c) for c in collapsed)),
         diverged=int(sum(bool(d) for d in diverged)),
@@ -173,8 +197,22 @@ def verdict(ours: ModelResult | None, base: ModelResult | None, mode: str = "max
     return change(ours.best, base.best, mode)
 
 
+def check_distinct(names: Iterable[str], where: str) -> None:
+    """Refuse a baseline whose model names differ only in case or punctuation (``UNet`` and ``unet``):
+    models are matched by :func:`normalize_name`, so either could be the one compared, silently."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = normalize_name(name)
+        if key in seen and seen[key] != name:
+            raise HpcsegError(f"{where}: models {seen[key]!r} and {name!r} differ only in case or punctuation, "
+                              f"so a comparison cannot tell which is meant; rename one of them")
+        seen.setdefault(key, name)
+
+
 def compare_results(ours: Sequence[ModelResult], base: Sequence[ModelResult], mode: str = "max") -> dict[str, Any]:
-    """Per-model rows in our model order, plus the models found on one side only."""
+    """Per-model rows in our model order, plus the models found on one side only. Raises HpcsegError for
+    baseline models that differ only in case (see :func:`check_distinct`)."""
+    check_distinct((b.model for b in base), "baseline")
     by_name: dict[str, ModelResult] = {}
     for b in base:
         by_name.setdefault(normalize_name(b.model), b)
@@ -188,6 +226,7 @@ def compare_results(ours: Sequence[ModelResult], base: Sequence[ModelResult], mo
             continue
         matched.add(key)
         diff = None if o.best is None or b.best is None else o.best - b.best
+        diff = diff if diff is None or math.isfinite(diff) else None  # 1e308 - -1e308: no honest number
         rows.append({
             "model": o.model,
             "baseline_model": b.model,
@@ -333,10 +372,17 @@ def previous_run(current: Run, root: Path) -> Run | None:
     return None
 
 
+def _header(path: Path) -> list[str]:
+    """A CSV's column names, lower-cased: a byte-order mark and ``;`` separators (Excel) allowed."""
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        line = fh.readline(65536)
+    sep = ";" if line.count(";") > line.count(",") else ","
+    return [c.strip().strip('"').strip().lower() for c in line.split(sep)]
+
+
 def _looks_like_keras(path: Path) -> bool:
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            head = [c.strip().lower() for c in fh.readline().split(",")]
+        head = _header(path)
     except OSError:
         return False
     return "epoch" in head and any(c.startswith("val_") for c in head)
@@ -345,8 +391,10 @@ def _looks_like_keras(path: Path) -> bool:
 def _from_path(p: Path, current: Run, root: Path) -> BaselineRef:
     if p.is_file():
         if p.suffix.lower() == ".csv":
-            with open(p, encoding="utf-8", errors="replace") as fh:
-                head = [c.strip().lower() for c in fh.readline().split(",")]
+            try:
+                head = _header(p)
+            except OSError as exc:
+                raise HpcsegError(f"baseline {p}: cannot be read ({exc.strerror or exc})") from None
             if "model" in head:
                 return BaselineRef("summary", str(p), files=[p])
             if _looks_like_keras(p):

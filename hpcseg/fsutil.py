@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,8 @@ def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -
     """Write via a hidden temporary file in the same folder, fsync, then rename over the target.
 
     ``mode`` defaults to what a plain ``open()`` would create."""
+    import tempfile  # here, not at the top: `hpcseg status` reads far more often than it writes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

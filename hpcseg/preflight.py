@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import errno
+import importlib
 import json
 import math
 import os
@@ -470,6 +471,14 @@ def _check_container(c: Checks) -> None:
 # --------------------------------------------------------------------------------------------- weights
 
 
+def _weights_module(arch: str) -> str | None:
+    """The module that maps and checks pretrained files for ``arch`` (a workload's, via the registry)."""
+    from hpcseg.archs import CATALOGUE
+
+    entry = CATALOGUE.get(arch)
+    return entry.weights if entry is not None else None
+
+
 def _check_weights(c: Checks) -> None:
     named = 0
     for m in c.spec.workload.models:
@@ -487,6 +496,10 @@ def _check_weights(c: Checks) -> None:
             c.error("weights", path, f"weights of model {m.name} is a folder, not a file; {fix}")
         elif path.stat().st_size == 0:
             c.error("weights", path, f"weights of model {m.name} is empty (0 bytes); {fix}")
+        elif (loader := _weights_module(m.arch)) is not None:  # keys and shapes must fit (imports torch)
+            why = importlib.import_module(loader).refuse_reason(c.spec, m)
+            if why:
+                c.error("weights", path, why)
     c.count("weights", named)
 
 

@@ -9,10 +9,7 @@ exit-code file written by the job script. Run ids sort by time and are created w
 from __future__ import annotations
 
 import fcntl
-import getpass
 import os
-import secrets
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -24,16 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from hpcseg.errors import HpcsegError
 from hpcseg.fsutil import read_json, write_json_atomic
+from hpcseg.taskfiles import EVENTS, count_requeues  # noqa: F401  (EVENTS: re-exported for submit)
 
 if TYPE_CHECKING:  # imported lazily: `hpcseg status` reads manifests as JSON and need not build the schema
     from hpcseg.spec import JobSpec, LoadedJob, Task
 
 MANIFEST = "manifest.json"
-EVENTS = "events.log"
-# events.log lines that mean "this element went back to the queue": the job script's own requeue and
-# submitit's; a requeue that scontrol refused is logged as failed and taken back off the count.
-REQUEUE_MARKS = ("requeueing ", "submitit requeues")
-REQUEUE_FAILED = "scontrol requeue failed"
+
 
 
 def runs_root(override: str | None = None) -> Path:
@@ -93,7 +87,7 @@ class Run:
         write_json_atomic(self.dir / MANIFEST, self.manifest)
 
     def reload(self) -> Run:
-        self.manifest = read_json(self.dir / MANIFEST)
+        self.manifest = read_manifest(self.dir / MANIFEST)
         return self
 
     def modify(self, change: Callable[[dict[str, Any]], bool | None]) -> bool:
@@ -119,24 +113,17 @@ def manifest_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def count_requeues(task_dir: Path) -> int:
-    """In-job requeues of one task, from its events.log: the job script appends a line on the node for
-    each requeue (it must not rewrite the shared manifest there), so this file is the source of truth."""
-    try:
-        text = (task_dir / EVENTS).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return 0
-    lines = text.splitlines()
-    n = sum(1 for ln in lines if any(mark in ln for mark in REQUEUE_MARKS))
-    return max(0, n - sum(1 for ln in lines if REQUEUE_FAILED in ln))
-
-
 def record_requeues(run: Run) -> dict[str, int]:
     """Fold every task's events.log into the manifest's ``requeues`` {task_index: count} (tasks never
-    requeued are left out) and return it. Written atomically under the lock, and only when it changed;
-    a run folder this user cannot write keeps its old record (status still shows the counts)."""
+    requeued are left out) and return it."""
     counts = {str(t["index"]): n for t in run.manifest.get("tasks", [])
               if (n := count_requeues(run.dir / t["dir"]))}
+    return store_requeues(run, counts)
+
+
+def store_requeues(run: Run, counts: dict[str, int]) -> dict[str, int]:
+    """Write ``counts`` as the manifest's ``requeues``: atomically under the lock, and only when it changed;
+    a run folder this user cannot write keeps its old record (status still shows the counts)."""
     if counts != (run.manifest.get("requeues") or {}):
         def change(m: dict[str, Any]) -> bool:
             if (m.get("requeues") or {}) == counts:
@@ -145,7 +132,7 @@ def record_requeues(run: Run) -> dict[str, int]:
             return True
         try:
             run.modify(change)
-        except OSError:
+        except (OSError, HpcsegError):
             run.manifest["requeues"] = counts
     return counts
 
@@ -163,6 +150,8 @@ def new_run_dir(job_dir: Path) -> tuple[str, Path]:
     """A fresh, never-before-used run folder; the id is UTC time plus a counter on collision."""
     job_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    import secrets
+
     for _ in range(1000):
         # The random suffix keeps ids unique across jobs too, so a bare run id is never ambiguous.
         run_id = f"{stamp}-{secrets.token_hex(2)}"
@@ -177,6 +166,9 @@ def new_run_dir(job_dir: Path) -> tuple[str, Path]:
 
 def create_run(loaded: LoadedJob, scheduler: str, root: Path | None = None) -> Run:
     """Make the run folder and its manifest; the spec recorded is the resolved one the tasks will read."""
+    import getpass
+    import socket
+
     spec = loaded.spec
     root = root or runs_root()
     try:
@@ -223,29 +215,123 @@ def _remove_empty(path: Path) -> None:
         pass
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def manifest_problem(m: Any) -> str | None:
+    """Why ``m`` is not a run manifest hpcseg wrote (a foreign or damaged file), in a few words; None if it
+    is one. Checks exactly what status and collect read, so a manifest that passes cannot make them fail."""
+    if not isinstance(m, dict):
+        return f"not a JSON object (a {type(m).__name__})"
+    for key in ("run_id", "job"):
+        if not isinstance(m.get(key), str) or not m[key]:
+            return f"no {key} text"
+    for key, kind in (("native_ids", list), ("task_ids", dict), ("requeues", dict), ("cancelled_tasks", list),
+                      ("resubmissions", list)):
+        if m.get(key) is not None and not isinstance(m[key], kind):
+            return f"{key} is not a {kind.__name__}"
+    if any(not isinstance(i, str) for i in m.get("native_ids") or []):
+        return "native_ids holds something other than text"
+    for key in ("state", "scheduler", "submitted", "created", "collect_id", "error"):
+        if m.get(key) is not None and not isinstance(m[key], str):
+            return f"{key} is not text"
+    for key in ("created_ts", "submitted_ts"):
+        v = m.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v != v):
+            return f"{key} is not a number"
+    spec = m.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("training"), dict):
+        return "no spec with a training section"
+    tr = spec["training"]
+    if not _is_int(tr.get("epochs")) or tr["epochs"] < 0:
+        return "spec.training.epochs is not a whole number"
+    if tr.get("early_stopping") is not None and not isinstance(tr["early_stopping"], dict):
+        return "spec.training.early_stopping is not a mapping"
+    coll = spec.get("collection")
+    if coll is not None:
+        if not isinstance(coll, dict):
+            return "spec.collection is not a mapping"
+        if coll.get("metric") is not None and not isinstance(coll["metric"], str):
+            return "spec.collection.metric is not text"
+        if coll.get("mode") is not None and coll["mode"] not in ("max", "min"):
+            return "spec.collection.mode is not max or min"
+    tasks = m.get("tasks")
+    if not isinstance(tasks, list):
+        return "no tasks list"
+    for i, t in enumerate(tasks):
+        if not isinstance(t, dict) or t.get("index") != i or not _is_int(t.get("index")):
+            return f"tasks[{i}] is not task {i}"
+        if not isinstance(t.get("model"), str) or not _is_int(t.get("fold")) or t["fold"] < 0:
+            return f"tasks[{i}] has no model name or fold number"
+        d = t.get("dir")
+        if not isinstance(d, str) or not d or d.startswith("/") or ".." in d.split("/") or "\x00" in d:
+            return f"tasks[{i}].dir is not a folder inside the run"
+    return None
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    """A run's manifest, checked; raises HpcsegError with one line naming the file and what is wrong."""
+    try:
+        m = read_json(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        from hpcseg.taskfiles import why_unreadable
+
+        raise HpcsegError(f"{path}: {why_unreadable(exc)}") from None
+    except (ValueError, RecursionError) as exc:
+        raise HpcsegError(f"{path}: unreadable manifest (not JSON: {str(exc)[:80]})") from None
+    problem = manifest_problem(m)
+    if problem:
+        raise HpcsegError(f"{path}: not an hpcseg run manifest ({problem})")
+    return m
+
+
 def open_run(path: str | Path) -> Run:
     path = Path(path)
     try:
-        return Run(path.resolve(), read_json(path / MANIFEST))
-    except FileNotFoundError:
+        return Run(path.resolve(), read_manifest(path / MANIFEST))
+    except (FileNotFoundError, NotADirectoryError):
         raise HpcsegError(f"{path}: not a run folder (no {MANIFEST})") from None
-    except ValueError as exc:
-        raise HpcsegError(f"{path / MANIFEST}: unreadable manifest ({exc})") from None
 
 
 def list_runs(root: Path | None = None, job: str | None = None) -> list[Run]:
-    """All runs under the registry, oldest first (run ids sort by time)."""
+    """All runs under the registry, oldest first (run ids sort by time); damaged manifests left out."""
+    return scan_runs(root, job)[0]
+
+
+def scan_runs(root: Path | None = None, job: str | None = None) -> tuple[list[Run], list[str]]:
+    """All runs under the registry, oldest first, and one line per manifest.json that is not one of ours
+    (foreign, damaged, unreadable): status and collect say so and go on with the rest."""
     root = root or runs_root()
     if not root.is_dir():
-        return []
-    pattern = f"{job}/*/{MANIFEST}" if job else f"*/*/{MANIFEST}"
-    runs = []
-    for m in root.glob(pattern):
+        return [], []
+    runs, problems = [], []
+    try:
+        jobs = [job] if job else sorted(n for n in os.listdir(root) if not n.startswith("."))
+    except OSError as exc:
+        return [], [f"{root}: cannot list the runs folder ({exc.strerror or exc})"]
+    for j in jobs:
+        job_dir = os.path.join(root, j)
         try:
-            runs.append(Run(m.parent, read_json(m)))
-        except (OSError, ValueError):
+            ids = os.listdir(job_dir)
+        except OSError:  # a file, a dangling link, a loop or unreadable: not a job folder
             continue
-    return sorted(runs, key=lambda r: (r.manifest.get("created_ts", 0), r.run_id))
+        for rid in ids:
+            if rid.startswith("."):
+                continue  # as glob("*") did: hidden entries are not runs
+            mpath = f"{job_dir}/{rid}/{MANIFEST}"  # strings, not Paths: 200 runs are read on every status
+            try:
+                m = read_manifest(mpath)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except HpcsegError as exc:
+                problems.append(exc.message)
+                continue
+            runs.append(Run(Path(job_dir, rid), m))
+    runs.sort(key=lambda r: (float(r.manifest.get("created_ts") or 0), r.run_id))
+    return runs, problems
 
 
 def find_run(ref: str, root: Path | None = None) -> Run:

@@ -149,6 +149,7 @@ class ModelSpec(Strict):
     channels: list[Annotated[Int, Field(ge=1, le=8192)]] = Field(default_factory=lambda: [64, 128, 256, 512, 1024])
     dropout: Fraction = 0.0
     weights: str | None = Field(None, description="Pretrained weights file; nothing is downloaded on nodes.")
+    allow_partial_weights: bool = Field(False, description="Train on when weights fill < 100% of the backbone.")
     options: dict[str, Any] = Field(default_factory=dict, description="Architecture-specific settings.")
 
 

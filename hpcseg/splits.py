@@ -109,9 +109,17 @@ def _pairs(split: Any, seed: int, positions: np.ndarray, y: np.ndarray | None,
     pairs: list[tuple[np.ndarray, np.ndarray]]
     if split.folds == 1:
         if groups is not None and y is not None:
-            k = max(2, round(1 / split.val_fraction))
+            # m of k stratified group chunks, m/k nearest val_fraction (k <= 20, and no more chunks than
+            # the largest class has items, which sklearn refuses): 3 of 20 give 15 % where one chunk of
+            # k = round(1 / val_fraction) = 7 gave 14.3 %.
+            f = split.val_fraction
+            n_groups = len(set(groups.tolist()))
+            k_max = max(2, min(20, n_groups, max(Counter(y.tolist()).values())))
+            k, m = min(((k, min(k - 1, max(1, round(f * k)))) for k in range(2, k_max + 1)),
+                       key=lambda km: (abs(km[1] / km[0] - f), -km[0]))
             cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-            pairs = [next(cv.split(positions, y, groups))]
+            va = np.concatenate([v for _, v in cv.split(positions, y, groups)][:m])
+            pairs = [(np.setdiff1d(positions, va), va)]
         elif groups is not None:
             pairs = [next(GroupShuffleSplit(1, test_size=split.val_fraction, random_state=seed)
                           .split(positions, groups=groups))]

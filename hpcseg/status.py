@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -24,16 +23,25 @@ from pathlib import Path
 from typing import Any
 
 from hpcseg.errors import EXIT_SCHEDULER, HpcsegError, SchedulerError
-from hpcseg.runs import Run, find_run, list_runs, record_requeues, resubmit_counts, runs_root
+from hpcseg.printable import printable, rich_text
+from hpcseg.runs import Run, find_run, resubmit_counts, runs_root, scan_runs, store_requeues
 from hpcseg.schedulers.base import ENDED, JobState
+from hpcseg.taskcache import TaskCache, cache_file
+from hpcseg.taskfiles import (  # noqa: F401  (Progress, TAIL_LINES: re-exported for older callers)
+    EXIT_DAMAGED,
+    EXIT_MEANING,
+    TAIL_LINES,
+    Progress,
+    TaskView,
+    read_exit_code,
+    read_progress,
+    read_task_view,
+    tail,
+)
 
 RECENT = 20
-TAIL_LINES = 5
 # A job can take a few seconds to reach accounting; until then "not listed" means "not started yet".
 LISTING_GRACE_S = 300
-EXIT_MEANING = {0: "finished", 1: "failed", 2: "bad input", 4: "diverged",
-                75: "interrupted after checkpoint; hpcseg resubmit resumes it", 127: "command not found",
-                137: "killed (KILL)", 143: "terminated (TERM)"}
 
 
 @dataclass
@@ -75,74 +83,6 @@ class TaskStatus:
 TASK_FIELDS = [f.name for f in fields(TaskStatus)]
 
 # --------------------------------------------------------------------------------------------- files
-
-
-def read_exit_code(task_dir: Path) -> int | None:
-    try:
-        with open(task_dir / "exit_code", "rb") as fh:
-            return int(fh.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-@dataclass
-class Progress:
-    epoch: int | None = None
-    last: float | None = None
-    best: float | None = None
-    mean_epoch_s: float | None = None
-    total_s: float = 0.0
-
-
-def read_progress(path: Path, metric: str, mode: str) -> Progress:
-    """The history's last complete row and best metric; a last line cut by a kill is ignored.
-
-    One split per line and one float() per needed cell: 3000 histories must read in a fraction of a second.
-    """
-    try:
-        with open(path, "rb") as fh:
-            text = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return Progress()
-    lines = text.split("\n")
-    if len(lines) < 2:
-        return Progress()
-    header = lines[0].strip().split(",")
-    n = len(header)
-    rows = [c for c in (ln.split(",") for ln in lines[1:-1]) if len(c) == n]  # lines[-1]: "" or a cut line
-    col = {name: i for i, name in enumerate(header)}
-    ie, im, isec = col.get("epoch"), col.get(metric), col.get("epoch_seconds")
-    out = Progress()
-    if not rows:
-        return out
-    try:
-        if ie is not None:
-            out.epoch = int(float(rows[-1][ie]))
-        if im is not None:
-            vals = [float(r[im]) for r in rows if r[im].strip() not in ("", "nan")]
-            if vals:
-                out.last, out.best = vals[-1], (max(vals) if mode == "max" else min(vals))
-        if isec is not None:
-            secs = [float(r[isec]) for r in rows if r[isec].strip()]
-            if secs:
-                out.total_s = sum(secs)
-                out.mean_epoch_s = out.total_s / len(secs)
-    except ValueError:
-        pass  # a garbled cell: keep what was read before it
-    return out
-
-
-def tail(path: Path, n: int = TAIL_LINES) -> list[str]:
-    """Last ``n`` non-empty lines of a (possibly large) log, reading only its end."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 16384))
-            data = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    return [ln.rstrip() for ln in data.splitlines() if ln.strip()][-n:]
 
 
 def _backend(name: str) -> Any:
@@ -213,40 +153,60 @@ def _started(run: Run, index: int) -> bool:
     return written > max(float(run.manifest.get("submitted_ts") or 0), requeued)
 
 
-def task_table(run: Run, states: Mapping[str, JobState] | None, note: str | None = None) -> list[TaskStatus]:
+def _settings(m: dict[str, Any]) -> tuple[int, str, str, bool]:
+    """(epochs, metric, mode, early stopping) from a checked manifest's spec."""
+    spec = m["spec"]
+    coll = spec.get("collection") or {}
+    es = spec["training"].get("early_stopping") or {}
+    return (int(spec["training"]["epochs"]), coll.get("metric") or "val_jaccard", coll.get("mode") or "max",
+            bool(es.get("patience")))
+
+
+def task_views(run: Run, cache: TaskCache | None = None) -> list[TaskView]:
+    """What each task's files say, in task order (from the cache while the files are unchanged)."""
+    _, metric, mode, _ = _settings(run.manifest)
+    base = f"{run.dir}/"
+    ref = f"{_ref(run)}/"
+    if cache is None:
+        return [read_task_view(base + t["dir"], metric, mode, ref + t["dir"]) for t in run.manifest["tasks"]]
+    return [cache.view(base + t["dir"], metric, mode, ref, t["dir"]) for t in run.manifest["tasks"]]
+
+
+def task_table(run: Run, states: Mapping[str, JobState] | None, note: str | None = None,
+               views: list[TaskView] | None = None) -> list[TaskStatus]:
     """Every task of ``run`` judged from its files and ``states`` (from one poll of all runs shown).
 
-    ``note`` says why ``states`` may be empty (e.g. the scheduler is unreachable).
+    ``note`` says why ``states`` may be empty (e.g. the scheduler is unreachable); ``views``: the task
+    files already read (by :func:`snapshot`), else they are read here.
     """
     m = run.manifest
-    spec = m["spec"]
-    epochs = int(spec["training"]["epochs"])
-    metric = spec.get("collection", {}).get("metric", "val_jaccard")
-    mode = spec.get("collection", {}).get("mode", "max")
-    early = bool(spec["training"].get("early_stopping", {}).get("patience"))
-    ids = m.get("task_ids", {})
-    requeues = record_requeues(run)
+    epochs, metric, _, early = _settings(m)
+    ids = m.get("task_ids") or {}
+    views = views if views is not None else task_views(run)
+    requeues = store_requeues(run, {str(t["index"]): v.requeues for t, v in zip(m["tasks"], views, strict=True)
+                                    if v.requeues})
     resubmits = resubmit_counts(m)
     out = []
-    for t in m["tasks"]:
+    for t, v in zip(m["tasks"], views, strict=True):
         k = t["index"]
-        task_dir = run.dir / t["dir"]
         native = ids.get(str(k))
-        js = (states or {}).get(native) if native else None
+        native = native if isinstance(native, str) else None
+        js = states.get(native) if states and native else None
         if js is None and states:
-            js = _array_level(states, m.get("native_ids") or [], task_dir, native)
-        ec = read_exit_code(task_dir)
+            js = _array_level(states, m.get("native_ids") or [], run.dir / t["dir"], native)
+        ec = v.exit_code
         state, detail = _judge(run, k, ec, js, note)
-        prog = read_progress(task_dir / "history.csv", metric, mode)
+        if v.damage and ec is None and not detail.startswith("exit"):
+            detail = v.damage[0]
         ts = TaskStatus(k, t["model"], t["fold"], state, detail, native, js.node if js else "",
-                        js.elapsed_s if js and js.elapsed_s is not None else (prog.total_s or None),
-                        prog.epoch, epochs, metric, prog.last, prog.best, exit_code=ec,
+                        js.elapsed_s if js and js.elapsed_s is not None else (v.total_s or None),
+                        v.epoch, epochs, metric, v.last, v.best, exit_code=ec,
                         requeues=requeues.get(str(k), 0), resubmits=resubmits.get(k, 0))
-        if state == "running" and prog.mean_epoch_s is not None and prog.epoch is not None:
-            ts.eta_s = prog.mean_epoch_s * max(0, epochs - prog.epoch)
+        if state == "running" and v.mean_epoch_s is not None and v.epoch is not None:
+            ts.eta_s = v.mean_epoch_s * max(0, epochs - v.epoch)
             ts.eta_at_most = early
         if state in ("failed", "timeout", "preempted"):
-            ts.log, ts.log_tail = _failure_log(run, k, task_dir)
+            ts.log, ts.log_tail = _failure_log(run, k, run.dir / t["dir"])
         out.append(ts)
     return out
 
@@ -300,7 +260,7 @@ def run_state(run: Run, tasks: list[TaskStatus]) -> str:
 # --------------------------------------------------------------------------------------------- polling
 
 
-def _needs_poll(run: Run, skip_ended: bool = True) -> bool:
+def _needs_poll(run: Run, skip_ended: bool = True, views: list[TaskView] | None = None) -> bool:
     """Runs whose every task has an exit_code file are judged from files alone: no scheduler call
     (unless ``skip_ended`` is off: one run's view asks anyway, for nodes and elapsed times)."""
     m = run.manifest
@@ -312,16 +272,19 @@ def _needs_poll(run: Run, skip_ended: bool = True) -> bool:
         return True  # reads local.json: no scheduler command, and it knows node and elapsed
     if m.get("collect_id") and not (run.dir / "training_summary.csv").exists():
         return True
+    if views is not None:
+        return any(v.exit_code is None for v in views)
     return any(read_exit_code(run.dir / t["dir"]) is None for t in m["tasks"])
 
 
-def poll_runs(runs: Iterable[Run], skip_ended: bool = True) -> tuple[dict[str, JobState], list[str]]:
+def poll_runs(runs: Iterable[Run], skip_ended: bool = True, views: Mapping[Path, list[TaskView]] | None = None
+              ) -> tuple[dict[str, JobState], list[str]]:
     """ONE scheduler command per scheduler kind for all the runs' ids (sbatch and submitit share one)."""
     from hpcseg.schedulers import poll_family
 
     ids: dict[str, list[str]] = defaultdict(list)
     for run in runs:
-        if _needs_poll(run, skip_ended):
+        if _needs_poll(run, skip_ended, (views or {}).get(run.dir)):
             m = run.manifest
             fam = poll_family(m.get("scheduler") or "local")
             ids[fam] += [*m["native_ids"], *([m["collect_id"]] if m.get("collect_id") else [])]
@@ -341,6 +304,7 @@ class Snapshot:
     runs: list[tuple[Run, list[TaskStatus], str]]
     errors: list[str]
     states: dict[str, JobState]
+    damaged: list[str] = field(default_factory=list)  # one line per damaged file; the rest was shown
 
     @property
     def ended(self) -> bool:
@@ -348,19 +312,31 @@ class Snapshot:
                    for _, tasks, rs in self.runs)
 
 
-def snapshot(runs: list[Run], single: bool = False, reload: bool = False) -> Snapshot:
-    """One refresh: one poll for all ``runs``, then every task judged. ``reload``: re-read manifests
-    (a refresh of --watch; the first look uses what was just read)."""
+def snapshot(runs: list[Run], single: bool = False, reload: bool = False, cache: TaskCache | None = None,
+             damaged: list[str] | None = None) -> Snapshot:
+    """One refresh: the task files read (or taken from ``cache`` while unchanged), one poll for all
+    ``runs``, then every task judged. ``reload``: re-read manifests (a refresh of --watch; the first look
+    uses what was just read). ``damaged``: lines already found (e.g. foreign manifests)."""
+    bad = list(damaged or [])
     if reload:
+        kept = []
         for r in runs:
-            r.reload()
-    states, errors = poll_runs(runs, skip_ended=not single)
+            try:
+                kept.append(r.reload())
+            except (OSError, HpcsegError) as exc:
+                bad.append(getattr(exc, "message", None) or f"{r.dir}: {exc}")
+        runs = kept
+    views = {r.dir: task_views(r, cache) for r in runs}
+    states, errors = poll_runs(runs, skip_ended=not single, views=views)
     note = "; ".join(errors) if errors else None
     out = []
     for r in runs:
-        tasks = task_table(r, states, note)
+        tasks = task_table(r, states, note, views[r.dir])
         out.append((r, tasks, run_state(r, tasks)))
-    return Snapshot(out, errors, states)
+        bad += [d for v in views[r.dir] for d in v.damage]
+    if cache is not None:
+        cache.save()
+    return Snapshot(out, errors, states, bad)
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -414,6 +390,7 @@ def _run_rows(snap: Snapshot) -> tuple[list[str], list[list[str]]]:
 
 
 def _plain(head: list[str], rows: list[list[str]]) -> str:
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
                      for line in [head, *rows])
@@ -440,12 +417,13 @@ def _failures(tasks: list[TaskStatus]) -> list[str]:
 
 
 def render_plain(snap: Snapshot, single: bool) -> str:
-    parts: list[str] = [f"! {e}" for e in snap.errors]
+    parts: list[str] = [printable(f"! {e}") for e in snap.errors]
+    parts += [printable(f"! damaged: {d}") for d in snap.damaged]
     if single:
         for run, tasks, rs in snap.runs:
-            parts.append(_run_header(run, tasks, rs))
+            parts += [printable(ln) for ln in _run_header(run, tasks, rs).split("\n")]
             parts.append(_plain(*_task_rows(tasks)))
-            parts += _failures(tasks)
+            parts += [printable(ln) for ln in _failures(tasks)]
     elif snap.runs:
         parts.append(_plain(*_run_rows(snap)))
     else:
@@ -456,7 +434,8 @@ def render_plain(snap: Snapshot, single: bool) -> str:
 def render_rich(snap: Snapshot, single: bool) -> Any:
     from rich.console import Group
     from rich.table import Table
-    from rich.text import Text
+
+    Text = rich_text  # noqa: N806  (user text: never parsed as markup, controls escaped)
 
     colors = {"completed": "green", "running": "cyan", "pending": "yellow", "failed": "red", "timeout": "red",
               "cancelled": "magenta", "requeued": "yellow", "preempted": "yellow", "unknown": "dim"}
@@ -468,13 +447,14 @@ def render_rich(snap: Snapshot, single: bool) -> Any:
         for r in rows:
             r = list(r)
             style = colors.get(r[state_col].split(" ")[0], "")  # "running (requeued 1×)" -> running
-            tbl.add_row(*r[:state_col], Text(r[state_col], style=style), *r[state_col + 1:])
+            tbl.add_row(*map(Text, r[:state_col]), Text(r[state_col], style=style), *map(Text, r[state_col + 1:]))
         return tbl
 
     items: list[Any] = [Text(f"! {e}", style="bold red") for e in snap.errors]
+    items += [Text(f"! damaged: {d}", style="red") for d in snap.damaged]
     if single:
         for run, tasks, rs in snap.runs:
-            items.append(Text(_run_header(run, tasks, rs), style="bold"))
+            items += [Text(ln, style="bold") for ln in _run_header(run, tasks, rs).split("\n")]
             items.append(table(*_task_rows(tasks), 3))
             items += [Text(line, style="red" if not line.startswith("  ") else "") for line in _failures(tasks)]
     else:
@@ -487,6 +467,7 @@ def to_json(snap: Snapshot) -> dict[str, Any]:
 
     return {
         "scheduler": {"ok": not snap.errors, "errors": snap.errors, "calls": sum(CALLS.values())},
+        "damaged": snap.damaged,
         "runs": [{
             "run": _ref(run), "run_id": run.run_id, "job": run.manifest.get("job"), "dir": str(run.dir),
             "scheduler": run.manifest.get("scheduler"), "native_ids": run.manifest.get("native_ids", []),
@@ -496,19 +477,31 @@ def to_json(snap: Snapshot) -> dict[str, Any]:
     }
 
 
-def _select(args: argparse.Namespace) -> tuple[list[Run], bool]:
+def _select(args: argparse.Namespace) -> tuple[list[Run], bool, list[str], Path]:
+    """(runs, one run in detail, damaged manifests, the runs folder for the cache)."""
     root = runs_root(args.runs_dir) if getattr(args, "runs_dir", None) else None
     if args.run:
-        return [find_run(args.run, root)], True
-    runs = list_runs(root)
+        run = find_run(args.run, root)
+        return [run], True, [], run.dir.parent.parent
+    runs, damaged = scan_runs(root)
     last = getattr(args, "last", RECENT)
-    return (runs[-last:] if last else runs), False
+    return (runs[-last:] if last else runs), False, damaged, root or runs_root()
+
+
+def _exit(snap: Snapshot, prog: str = "hpcseg status") -> int:
+    """Scheduler problems and damaged files, one line each on stderr; the exit code that says which."""
+    for e in snap.errors:
+        print(f"{prog}: {printable(e)}", file=sys.stderr)
+    for d in snap.damaged:
+        print(f"{prog}: damaged: {printable(d)}", file=sys.stderr)
+    return EXIT_SCHEDULER if snap.errors else EXIT_DAMAGED if snap.damaged else 0
 
 
 def cli_status(args: argparse.Namespace) -> int:
-    runs, single = _select(args)
+    runs, single, damaged, root = _select(args)
+    cache = TaskCache(cache_file(root))
     if not args.watch:
-        snap = snapshot(runs, single)
+        snap = snapshot(runs, single, cache=cache, damaged=damaged)
         if args.json:
             print(json.dumps(to_json(snap)))
         elif sys.stdout.isatty():
@@ -517,13 +510,12 @@ def cli_status(args: argparse.Namespace) -> int:
             Console().print(render_rich(snap, single))
         else:
             print(render_plain(snap, single))
-        for e in snap.errors:
-            print(f"hpcseg status: {e}", file=sys.stderr)
-        return EXIT_SCHEDULER if snap.errors else 0
-    return _watch(runs, single, args)
+        return _exit(snap)
+    return _watch(runs, single, args, cache, damaged)
 
 
-def _watch(runs: list[Run], single: bool, args: argparse.Namespace) -> int:
+def _watch(runs: list[Run], single: bool, args: argparse.Namespace, cache: TaskCache | None = None,
+           damaged: list[str] | None = None) -> int:
     interval = max(0.5, float(getattr(args, "interval", 10.0)))
     if sys.stdout.isatty() and not args.json:
         from rich.console import Console
@@ -531,23 +523,21 @@ def _watch(runs: list[Run], single: bool, args: argparse.Namespace) -> int:
 
         with Live(console=Console(), auto_refresh=False) as live:
             while True:
-                snap = snapshot(runs, single, reload=True)
+                snap = snapshot(runs, single, reload=True, cache=cache, damaged=damaged)
                 live.update(render_rich(snap, single), refresh=True)
                 if snap.ended:
                     break
                 time.sleep(interval)
     else:
         while True:
-            snap = snapshot(runs, single, reload=True)
+            snap = snapshot(runs, single, reload=True, cache=cache, damaged=damaged)
             stamp = time.strftime("%H:%M:%S")
             print(json.dumps(to_json(snap)) if args.json else f"--- {stamp}\n{render_plain(snap, single)}",
                   flush=True)
             if snap.ended:
                 break
             time.sleep(interval)
-    for e in snap.errors:
-        print(f"hpcseg status: {e}", file=sys.stderr)
-    return EXIT_SCHEDULER if snap.errors else 0
+    return _exit(snap)
 
 
 # --------------------------------------------------------------------------------------------- logs

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.bad_run_files import damaged_cases
 from tests.datasets import blob_mask, gray_image, save_image, write_microbead
 from tests.test_render import make_bin
 
@@ -442,6 +443,7 @@ CASES: list[Case] = [
          creates=("runs/tiny/*/tasks", "runs/tiny/*/tasks/unet", "runs/tiny/*/tasks/unet/fold_0",
                   "runs/tiny/*/tasks/unet/fold_0/train.log", "runs/tiny/*/tasks/unet/fold_0/result.json")),
 ]
+CASES += damaged_cases(Case)  # damaged run files and odd baselines: tests/bad_run_files.py
 
 
 # --------------------------------------------------------------------------------------------- running

@@ -27,7 +27,7 @@ import pytest
 from hpcseg.containers import Charliecloud, container_command
 from hpcseg.errors import HpcsegError
 from hpcseg.spec import find_job, load_job, with_absolute_paths
-from hpcseg.synth import make_microbeads
+from hpcseg.workloads.microbead.synth import make_microbeads
 from tests.test_schedulers_local import REPO
 from tests.test_schedulers_slurm import hpcseg, wait_ended
 

@@ -33,9 +33,9 @@ from hpcseg.compare import (
     normalize_name,
     verdict,
 )
-from hpcseg.history import canonical_metric, read_history, read_keras_history, read_summary
 from hpcseg.runs import Run, create_run
 from hpcseg.spec import load_job, with_absolute_paths
+from hpcseg.taskfiles import canonical_metric, read_history, read_keras_history, read_summary
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ["epoch", "train_loss", "val_loss", "val_jaccard", "val_dice", "val_precision", "val_recall", "lr",
@@ -182,7 +182,7 @@ def test_history_reader_tolerates_empty_cells_and_bad_rows(tmp_path):
     p.write_text("epoch,train_loss,val_loss,val_jaccard\n1,0.5,,0.2\n2,0.4,0.3\n3,nan,0.2,0.4\n")
     h = read_history(p)
     assert len(h) == 2 and math.isnan(h.column("val_loss")[0]) and math.isnan(h.column("train_loss")[1])
-    assert any(":3:" in w for w in h.warnings)
+    assert any("line 3:" in w for w in h.warnings) and len(h.damage) == 1
 
 
 def test_keras_reader_renames_and_counts_from_one(tmp_path):
@@ -484,7 +484,7 @@ def test_plots_are_valid_pngs(tmp_path):
 
 
 def test_importing_collect_does_not_import_torch_or_matplotlib():
-    code = ("import sys, hpcseg.collect, hpcseg.compare, hpcseg.history; "
+    code = ("import sys, hpcseg.collect, hpcseg.compare, hpcseg.taskfiles; "
             "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)

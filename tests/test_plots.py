@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hpcseg.taskfiles import History
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from hpcseg.collect import TaskResult
 from hpcseg.compare import ModelResult, aggregate, compare_results, fmt_ratio, headline
-from hpcseg.history import History
 from hpcseg.plots import (
     comparison_figure,
     learning_curves,

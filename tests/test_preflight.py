@@ -318,12 +318,16 @@ def test_weights_missing_empty_or_folder(beads: Path, tmp_path: Path) -> None:
     (tmp_path / "dir.pth").mkdir()
     (tmp_path / "good.pth").write_bytes(b"\x80weights")
     doc["workload"]["models"] = [
-        {"name": f"m{i}", "arch": "resnet50", "weights": str(tmp_path / f)}
+        {"name": f"m{i}", "arch": "unet" if f == "good.pth" else "resnet50", "weights": str(tmp_path / f)}
         for i, f in enumerate(["missing.pth", "empty.pth", "dir.pth", "good.pth"])
     ]
     problems = run_preflight(spec_of(doc))
     assert [Path(p.where).name for p in problems] == ["missing.pth", "empty.pth", "dir.pth"]
     assert all(p.check == "weights" and "no internet" in p.message for p in problems)
+    # A classifier's file is opened: bytes that are no checkpoint are refused, naming the file.
+    doc["workload"]["models"] = [{"name": "m", "arch": "resnet50", "weights": str(tmp_path / "good.pth")}]
+    (problem,) = run_preflight(spec_of(doc))
+    assert problem.check == "weights" and "cannot read the weights of model m" in problem.message
 
 
 # --------------------------------------------------------------------------------------------- resources

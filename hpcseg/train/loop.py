@@ -27,21 +27,10 @@ import numpy as np
 
 from hpcseg.errors import HpcsegError
 from hpcseg.spec import JobSpec, TrainingSpec
+from hpcseg.taskfiles import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE, HISTORY, append_history, rewrite_history
+from hpcseg.taskfiles import history_rows as read_history
 from hpcseg.train.distributed import Dist, per_rank_batch, shard
-from hpcseg.train.runner import (
-    EXIT_DIVERGED,
-    EXIT_OK,
-    EXIT_REQUEUE,
-    HISTORY,
-    EarlyStopping,
-    Outcome,
-    StopFlag,
-    TaskPlan,
-    append_history,
-    lr_at,
-    read_history,
-    rewrite_history,
-)
+from hpcseg.train.runner import EarlyStopping, Outcome, StopFlag, TaskPlan, lr_at
 
 log = logging.getLogger("hpcseg.train")
 
@@ -370,7 +359,8 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Workload extras for result.json's ``extra``, with the best weights loaded and the model in eval
         mode. The default asks the source (e.g. a classifier's calibration); a workload's Trainer overrides it."""
-        return self.source.extra_results(self.bare_model, self.val_idx, self.tr.batch_size) or {}
+        return self.source.extra_results(self.bare_model, self.val_idx, self.tr.batch_size,
+                                         out_dir=self.plan.task_dir) or {}
 
     def wants_evaluation(self) -> bool:
         """Whether :meth:`evaluate` does anything (so the best weights are loaded only when needed)."""

@@ -32,6 +32,8 @@ log = logging.getLogger("hpcseg.train")
 # arch -> "module:function". Keep these names stable: plug-in modules are written against them. The
 # torch-free catalogue (hpcseg/archs.py: the U-Nets here plus each workload's) is the one list.
 ARCHS: dict[str, str] = {name: arch.target for name, arch in CATALOGUE.items()}
+# Archs whose pretrained files in others' layouts (torchvision/timm) load through an explicit key map.
+MAPPED_WEIGHTS: dict[str, str] = {name: f"{arch.weights}:load_into" for name, arch in CATALOGUE.items() if arch.weights}
 
 
 def resolve(target: str, what: str) -> Callable:
@@ -59,7 +61,11 @@ def build_model(spec: JobSpec, model: ModelSpec) -> nn.Module:
     if model.arch not in ARCHS:
         raise HpcsegError(f"model {model.name}: unknown arch {model.arch!r}; known: {', '.join(ARCHS)}")
     net = resolve(ARCHS[model.arch], f"model {model.name} (arch {model.arch})")(spec, model)
-    if model.weights:
+    if model.weights and model.arch in MAPPED_WEIGHTS:  # explicit key map, coverage must be 100%
+        cov = resolve(MAPPED_WEIGHTS[model.arch], "weights")(net, model.weights, model.arch, model.name,
+                                                              model.allow_partial_weights)
+        log.info("weights %s: %s", model.weights, cov.summary())
+    elif model.weights:
         load_weights(net, model.weights, model.name)
     return net
 

@@ -14,7 +14,6 @@ writes a mid-epoch checkpoint and exits 75; batch order, augmentation and dropou
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import math
 import os
@@ -29,11 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from hpcseg.errors import HpcsegError
-from hpcseg.fsutil import write_json_atomic, write_text_atomic
+from hpcseg.fsutil import write_json_atomic
 from hpcseg.spec import JobSpec, ModelSpec, TrainingSpec
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_REQUEUE = 0, 1, 2, 4, 75
-HISTORY, RESULT, LOG = "history.csv", "result.json", "train.log"
+# The task files (history.csv, result.json, exit codes) have one owner: hpcseg/taskfiles.py.
+from hpcseg.taskfiles import (
+    EXIT_FAILED,
+    EXIT_REQUEUE,
+    RESULT,
+)
+from hpcseg.taskfiles import TRAIN_LOG as LOG
 
 log = logging.getLogger("hpcseg.train")
 
@@ -194,59 +198,6 @@ def stop_signals(flag: StopFlag):
 
 
 # --------------------------------------------------------------------------------------------- history
-
-
-def read_history(path: Path, columns: list[str]) -> list[dict[str, float]]:
-    """Complete rows only (a last line cut by a kill is skipped)."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    if not lines:
-        return []
-    header = lines[0].split(",")
-    if header != columns:
-        raise HpcsegError(f"{path}: its columns ({','.join(header)}) are not this task's ({','.join(columns)}); "
-                          f"was the task folder reused for another job? move it away")
-    complete = lines[1:] if text.endswith("\n") else lines[1:-1]
-    rows = []
-    for line in complete:
-        parts = line.split(",")
-        if len(parts) != len(columns):
-            continue
-        try:
-            rows.append({c: float(v) for c, v in zip(columns, parts, strict=True)})
-        except ValueError:
-            continue
-    return rows
-
-
-def format_row(row: dict[str, float], columns: list[str]) -> str:
-    out = []
-    for c in columns:
-        v = row[c]
-        if c == "epoch":
-            out.append(str(int(v)))
-        elif c == "epoch_seconds":
-            out.append(f"{v:.3f}")
-        else:
-            out.append(repr(float(v)))
-    return ",".join(out) + "\n"
-
-
-def rewrite_history(path: Path, rows: list[dict[str, float]], columns: list[str]) -> None:
-    buf = io.StringIO()
-    buf.write(",".join(columns) + "\n")
-    for r in rows:
-        buf.write(format_row(r, columns))
-    write_text_atomic(path, buf.getvalue())
-
-
-def append_history(path: Path, row: dict[str, float], columns: list[str]) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(format_row(row, columns))
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 # --------------------------------------------------------------------------------------------- schedule

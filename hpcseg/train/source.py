@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -96,9 +97,11 @@ class Source(ABC):
         """One line for the log."""
         return f"{type(self).__name__}: {len(self.names())} items, {self.in_channels} channels"
 
-    def extra_results(self, model: torch.nn.Module, indices: np.ndarray, batch_size: int) -> dict:
+    def extra_results(self, model: torch.nn.Module, indices: np.ndarray, batch_size: int,
+                      out_dir: Path | None = None) -> dict:
         """Anything workload-specific for result.json's ``extra`` (e.g. calibration), computed with the
-        best weights on the validation items at the end of training."""
+        best weights on the validation items at the end of training; files (plots) go under ``out_dir``,
+        the task folder."""
         return {}
 
 

@@ -23,6 +23,7 @@ class Arch:
     options: tuple[str, ...] = ()
     halves: bool = True  # U-Net-like: the image halves once per level of model.channels
     patch: tuple[str, int] | None = None  # (option, default): the image is cut into square patches
+    weights: str | None = None  # module with load_into/refuse_reason for pretrained files in others' layouts
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,11 @@ class Workload:
         return importlib.import_module(f"{self.package}.{name}")
 
 
-_CNN = Arch("models:build", halves=False)  # global pooling: any image size
+_CNN = Arch("models:build", halves=False, weights="weights")  # global pooling: any image size
 _SSMU_OPTIONS = ("sinc_filters", "embed_dim", "mamba_layers", "pooling", "sinc_kernel", "spectral_stride",
                  "d_state")
 _VIT = Arch("models:build", ("patch_size", "hidden_size", "mlp_dim", "num_layers", "num_heads"), halves=False,
-            patch=("patch_size", 16))
+            patch=("patch_size", 16), weights="weights")
 
 WORKLOADS: dict[str, Workload] = {w.layout: w for w in (
     Workload("microbead", synth="microbeads"),
@@ -86,5 +87,6 @@ def sources() -> dict[str, str]:
 
 def archs() -> dict[str, Arch]:
     """model.arch -> its :class:`Arch` (target made absolute) for what workloads bring beside the U-Nets."""
-    return {name: replace(a, target=f"{w.package}.{a.target}")
+    return {name: replace(a, target=f"{w.package}.{a.target}",
+                          weights=a.weights and f"{w.package}.{a.weights}")
             for w in WORKLOADS.values() for name, a in w.archs.items()}

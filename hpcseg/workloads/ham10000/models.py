@@ -3,9 +3,9 @@
 The seed compares ResNet-50, EfficientNet-B3, DenseNet-121 and ViT-B/16. Every builder here is
 offline by construction: MONAI's ``pretrained`` flags stay False (compute nodes have no internet), and
 ImageNet weights come only from the job's ``weights`` file, copied to the cluster beforehand and loaded
-by ``hpcseg.train.models.build_model``, which matches tensors by name and shape. MONAI's ResNet uses
-torchvision's layer names, so torchvision ResNet-50 weights load; our ViT (see :class:`ViT`) also uses
-torchvision's names; DenseNet-121 and EfficientNet-B3 need weights saved from the MONAI models.
+by ``hpcseg.train.models.build_model`` through the explicit key maps of
+``hpcseg.workloads.ham10000.weights`` (torchvision and timm layouts for all four; coverage of the
+backbone must be 100% unless ``allow_partial_weights``).
 
 ``model.options`` may shrink a network for tests and CPU smoke runs; the ViT in particular accepts
 ``hidden_size``, ``mlp_dim``, ``num_layers``, ``num_heads`` and ``patch_size`` so that the quick profile
@@ -35,7 +35,11 @@ def build_resnet50(spec: JobSpec, model: ModelSpec) -> nn.Module:
     from monai.networks.nets import resnet50
 
     cin, k, _ = _geometry(spec)
-    net = resnet50(spatial_dims=2, n_input_channels=cin, num_classes=k, conv1_t_stride=2)
+    # bias_downsample=False: torchvision's (and timm's) downsample convolution has no bias.
+    # options.widen_factor (MONAI's) narrows every stage for tests and CPU smoke runs (ImageNet weights
+    # then no longer fit, and loading them is refused).
+    net = resnet50(spatial_dims=2, n_input_channels=cin, num_classes=k, conv1_t_stride=2, bias_downsample=False,
+                   widen_factor=float(model.options.get("widen_factor", 1.0)))
     return net
 
 

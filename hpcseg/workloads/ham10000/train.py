@@ -8,7 +8,9 @@ order, which also supplies the lesion groups the split keeps on one side.
 Memory: 10,015 images at 224² are 1.5 GB as uint8 but 6 GB as float32, so the images are kept as uint8
 (N, 3, H, W) on the training device and each batch is converted and normalised (ImageNet mean/std, what
 the pretrained backbones expect) on its own. At the end of training :meth:`Ham10000Source.extra_results`
-fits a temperature on the validation logits and reports ECE before/after (``hpcseg.workloads.ham10000.calibration``).
+evaluates the best model on the validation images (``hpcseg.workloads.ham10000.evaluation``): temperature
+and ECE/NLL before/after measured on held-out halves (cross-fitting), ROC/AUC and 95%-specificity
+operating points per class, confusion matrices, and Grad-CAM grids, as files under the task's ``eval/``.
 """
 
 from __future__ import annotations
@@ -67,8 +69,12 @@ def load_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 
 class Ham10000Source(Source):
-    def __init__(self, spec: JobSpec, names: list[str], images: Tensor, labels: Tensor, device: torch.device):
+    def __init__(self, spec: JobSpec, names: list[str], images: Tensor, labels: Tensor, device: torch.device,
+                 groups: np.ndarray | None = None, class_names: list[str] | None = None):
         self.spec, self.device, self.task = spec, device, spec.workload.task
+        # Lesion ids: the held-out halves of the evaluation keep a lesion's photos together.
+        self.groups = np.asarray(groups if groups is not None else names)
+        self.class_names = list(class_names or HAM10000_CLASSES)
         self.in_channels = int(images.shape[1])
         self.num_classes = spec.workload.dataset.num_classes
         self._names = list(names)
@@ -118,14 +124,23 @@ class Ham10000Source(Source):
             model.train(was_training)
         return torch.cat(out), torch.cat(ys)
 
-    def extra_results(self, model: torch.nn.Module, indices: np.ndarray, batch_size: int) -> dict:
-        """Temperature scaling fitted on the validation logits: {"calibration": {...}} for result.json."""
-        from hpcseg.workloads.ham10000.calibration import calibrate
+    def extra_results(self, model: torch.nn.Module, indices: np.ndarray, batch_size: int,
+                      out_dir: Path | None = None) -> dict:
+        """Held-out calibration, operating points, confusion matrices ({"calibration", "evaluation"} for
+        result.json) and, with ``out_dir``, the files and plots under ``out_dir/eval/`` incl. Grad-CAM."""
+        from hpcseg.workloads.ham10000.evaluation import evaluate
 
         if len(indices) == 0:
             return {}
+        indices = np.asarray(indices, dtype=np.int64)
         logits, labels = self.logits(model, indices, batch_size)
-        return {"calibration": calibrate(logits, labels)}
+        out = evaluate(logits.numpy(), labels.numpy(), self.groups[indices], self.class_names,
+                       self.spec.workload.seed, out_dir)
+        if out_dir is not None:
+            from hpcseg.workloads.ham10000.gradcam import write_gradcam
+
+            out["gradcam"] = write_gradcam(model, self, indices, Path(out_dir))
+        return out
 
 
 def build(spec: JobSpec, device: torch.device) -> Ham10000Source:
@@ -135,7 +150,7 @@ def build(spec: JobSpec, device: torch.device) -> Ham10000Source:
     class_names = list(ds.class_names or HAM10000_CLASSES)
     if len(class_names) != ds.num_classes:
         raise HpcsegError(f"ham10000: {len(class_names)} class_names but num_classes is {ds.num_classes}")
-    index = index_dataset(spec, strata=False)
+    index = index_dataset(spec, strata=False)  # groups (lesion ids) come with it
     if ds.expected_count is not None and len(index) != ds.expected_count:
         raise HpcsegError(f"{ds.root}: {len(index)} images, but expected_count is {ds.expected_count}")
     labels = read_labels(Path(ds.root) / (ds.metadata or "HAM10000_metadata.csv"), class_names)
@@ -145,4 +160,5 @@ def build(spec: JobSpec, device: torch.device) -> Ham10000Source:
     with ThreadPoolExecutor(workers) as pool:
         images = list(pool.map(lambda f: load_rgb(f[0], size), index.files))
     y = torch.tensor([labels[n] for n in index.names], dtype=torch.long)
-    return Ham10000Source(spec, list(index.names), torch.from_numpy(np.stack(images)), y, device)
+    return Ham10000Source(spec, list(index.names), torch.from_numpy(np.stack(images)), y, device,
+                          groups=index.groups, class_names=class_names)
