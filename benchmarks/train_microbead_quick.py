@@ -1,5 +1,8 @@
 """Does the microbead_optimized `quick` profile learn on a CPU? Best validation Jaccard and wall time per model.
 
+Per model: the best hard IoU (val_jaccard, the job's metric), the Keras-style soft Jaccard of that epoch
+(val_jaccard_soft, what the seed's jacard_coef reported) and the parameter count.
+
 Synthesises the 73-image microbead set (hpcseg.workloads.microbead.synth, seed 0) unless --data is given, then runs
 ``hpcseg train microbead_optimized --profile quick`` for the first model (``--all``: every model) on the
 CPU, each in its own process, and prints a table. Extra ``--set FIELD=VALUE`` overrides go to every run,
@@ -78,11 +81,14 @@ def main() -> int:
               f"wall {wall:.0f}s", flush=True)
 
     print()
-    print(f"{'model':<20} {'best val_jaccard':>16} {'epoch':>6} {'epochs':>7} {'wall s':>7}  target {TARGET}")
+    print(f"{'model':<20} {'params':>9} {'best val_jaccard':>16} {'val_jaccard_soft':>16} {'epoch':>6} {'epochs':>7} "
+          f"{'wall s':>7}  target {TARGET}")
     for name, res, wall in rows:
         best = res.get("best_value") or 0.0
-        print(f"{name:<20} {best:>16.4f} {res.get('best_epoch') or '-':>6} {res.get('epochs_run') or 0:>7} "
-              f"{wall:>7.0f}  {'ok' if best >= TARGET else 'BELOW'}")
+        soft = (res.get("best") or {}).get("val_jaccard_soft")
+        print(f"{name:<20} {res.get('parameters') or 0:>9,} {best:>16.4f} "
+              f"{'-' if soft is None else f'{soft:.4f}':>16} {res.get('best_epoch') or '-':>6} "
+              f"{res.get('epochs_run') or 0:>7} {wall:>7.0f}  {'ok' if best >= TARGET else 'BELOW'}")
     print(f"(task folders under {work / 'tasks'})")
     return 0
 

@@ -14,10 +14,14 @@ import difflib
 from hpcseg.spec import JobSpec, ModelSpec
 from hpcseg.workloads.registry import WORKLOADS, Arch, archs
 
+# The U-Net family of seed 004 (classic, attention, attention-residual; options.upsample: deconv | nearest)
+# and MONAI's residual UNet. Each halves the image once per level of model.channels.
+UPSAMPLE_VALUES = ("deconv", "nearest")  # hpcseg/train/models.py UPSAMPLE
 GENERIC: dict[str, Arch] = {
-    "unet": Arch("hpcseg.train.models:build_unet", ("num_res_units",)),
-    "attention_unet": Arch("hpcseg.train.models:build_attention_unet"),
-    "attention_res_unet": Arch("hpcseg.train.models:build_attention_res_unet", ("subunits",)),
+    "unet": Arch("hpcseg.train.models:build_unet", ("upsample",)),
+    "attention_unet": Arch("hpcseg.train.models:build_attention_unet", ("upsample",)),
+    "attention_res_unet": Arch("hpcseg.train.models:build_attention_res_unet", ("upsample",)),
+    "residual_unet": Arch("hpcseg.train.models:build_residual_unet", ("num_res_units",)),
 }
 CATALOGUE: dict[str, Arch] = {**GENERIC, **archs()}
 
@@ -35,6 +39,11 @@ def model_problems(spec: JobSpec, model: ModelSpec) -> list[tuple[str, str]]:
         hint = f"did you mean {close[0]!r}? " if close else ""
         known = ", ".join(allowed) or "none"
         out.append((f"{where}.options.{key}", f"{model.arch} has no option {key!r} ({hint}known: {known})"))
+    upsample = model.options.get("upsample")
+    if "upsample" in arch.options and upsample is not None and upsample not in UPSAMPLE_VALUES:
+        out.append((f"{where}.options.upsample",
+                    f"must be {' or '.join(UPSAMPLE_VALUES)} (transposed conv, or the seed's nearest "
+                    f"UpSampling2D), got {upsample!r}"))
     h, w = spec.workload.dataset.image_size
     if arch.halves:
         levels = len(model.channels)

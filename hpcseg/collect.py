@@ -21,11 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from hpcseg.columns import SOFT_JACCARD
 from hpcseg.compare import (
     ABS_TOL,
     REL_TOL,
     BaselineRef,
     ModelResult,
+    _header,
     aggregate,
     collapsed_from_endpoints,
     compare_results,
@@ -52,6 +54,7 @@ from hpcseg.taskfiles import (
     History,
     TaskResult,
     _json_num,
+    canonical_metric,
     human_duration,
     keras_model_name,
     read_history,
@@ -228,7 +231,7 @@ def cv_results(run: Run, tasks: list[TaskResult], results: list[ModelResult], me
 
 
 def comparison_md(run: Run, metric: str, mode: str, baseline: BaselineRef | None, comp: dict[str, Any] | None,
-                  line: str | None, note: str | None) -> str:
+                  line: str | None, note: str | None, definitions: list[str] | None = None) -> str:
     label = f"{run.dir.parent.name}/{run.run_id}"
     if baseline is None or comp is None:
         return f"# Comparison: {label}\n\nNo baseline: {note or 'none given'}.\n"
@@ -241,6 +244,8 @@ def comparison_md(run: Run, metric: str, mode: str, baseline: BaselineRef | None
         f"baseline. Ratio: how many times better than the baseline.",
         "",
     ]
+    if definitions:
+        out += [*(f"- {d}" for d in definitions), ""]
     if line:
         out += [f"**{line}**", ""]
     out += ["| model | baseline best | baseline final | best | final | ratio | difference | verdict |",
@@ -260,6 +265,84 @@ def comparison_md(run: Run, metric: str, mode: str, baseline: BaselineRef | None
 
 
 # --------------------------------------------------------------------------------------------- baselines
+
+
+def soft_twin(metric: str) -> str | None:
+    """``val_jaccard`` → ``val_jaccard_soft``: the Keras ``jacard_coef`` definition of the same metric."""
+    for prefix in ("val_", "train_"):
+        if metric == f"{prefix}jaccard":
+            return f"{prefix}{SOFT_JACCARD}"
+    return None
+
+
+def _has_values(results: list[ModelResult]) -> bool:
+    return any(r.best is not None for r in results)
+
+
+def like_with_like(run: Run, ref: BaselineRef, metric: str, mode: str, ours: list[ModelResult]
+                   ) -> tuple[str, list[ModelResult], str, list[ModelResult], list[str]]:
+    """(our column, our results, the baseline's column, its results, warnings): the same definition on
+    both sides where the data allow it.
+
+    A Keras history's ``val_jacard_coef`` is a soft Jaccard on probabilities (taskfiles reads it as
+    ``val_jaccard_soft``), not our hard ``val_jaccard``: when the baseline lacks the job's metric but has
+    its soft twin, both sides are compared on the twin. A run of ours recorded before hpcseg logged the
+    soft Jaccard has no such column: then the hard values stand against the soft ones, and the caller
+    says so.
+    """
+    base, warnings = load_baseline(ref, metric, mode)
+    twin = soft_twin(metric)
+    if _has_values(base) or twin is None:
+        return metric, ours, metric, base, warnings
+    twin_base, twin_warnings = load_baseline(ref, twin, mode)
+    if not _has_values(twin_base):
+        return metric, ours, metric, base, warnings
+    twin_ours = model_results(summarize_run(run, twin, mode)[0])  # its warnings were given for `metric`
+    if _has_values(twin_ours):
+        return twin, twin_ours, twin, twin_base, twin_warnings
+    return metric, ours, twin, twin_base, [*twin_warnings, f"this run has no {twin} column (recorded before hpcseg "
+                                                           f"logged it): its {metric} is compared with the "
+                                                           f"baseline's {twin}, a different definition"]
+
+
+def _source_columns(ref: BaselineRef, column: str) -> list[str]:
+    """The baseline's own column names that were read as ``column`` (``val_jacard_coef`` for a Keras file)."""
+    if ref.kind == "run":
+        return [column]
+    found: dict[str, None] = {}
+    for f in ref.files:
+        try:
+            head = _header(Path(f))
+        except OSError:
+            continue
+        for c in head:
+            if ref.kind == "summary":  # best_<metric> and final_<metric>: the best_ one names it
+                if not c.startswith("best_"):
+                    continue
+                bare = c[len("best_"):]
+            else:
+                bare = c
+            if canonical_metric(bare) == column:
+                found[c] = None
+    return list(found) or [column]
+
+
+def definitions(ref: BaselineRef, metric: str, ours: str, theirs: str) -> list[str]:
+    """comparison.md's statement of what each side's numbers mean."""
+    from hpcseg.plots import metric_definition
+
+    what = {"run": "an hpcseg run", "keras": "Keras history", "summary": "a training_summary.csv"}[ref.kind]
+    cols = ", ".join(f"`{c}`" for c in _source_columns(ref, theirs))
+    lines = [f"This run: {metric_definition(ours)[1]}.",
+             f"Baseline ({what}, column {cols}): {metric_definition(theirs)[1]}."]
+    if ours == theirs != metric:
+        lines.append(f"The baseline has no `{metric}` (the job's collection.metric), so both sides are compared on "
+                     f"`{ours}`: like with like.")
+    elif ours != theirs:
+        lines.append(f"**Not like with like**: this run has no `{theirs}` column (it was recorded before hpcseg "
+                     f"logged it), so its `{ours}` stands against the baseline's `{theirs}`; retrain to compare "
+                     f"the same definition.")
+    return lines
 
 
 def load_baseline(ref: BaselineRef, metric: str, mode: str) -> tuple[list[ModelResult], list[str]]:
@@ -342,20 +425,25 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
     for model, measures in evaluation.items():
         if model in cv["models"]:
             cv["models"][model]["evaluation"] = measures
-    comp, line = None, None
+    comp, line, defs = None, None, None
+    compared = {"run": metric, "baseline": metric}
+    plotted = results
     if ref is not None:
         try:
-            base, w = load_baseline(ref, metric, mode)
-            comp = compare_results(_sweep_best(run, results, tasks, mode), base, mode)
+            ours_col, plotted, base_col, base, w = like_with_like(run, ref, metric, mode,
+                                                                  _sweep_best(run, results, tasks, mode))
+            compared = {"run": ours_col, "baseline": base_col}
+            defs = definitions(ref, metric, ours_col, base_col)
+            comp = compare_results(plotted, base, mode)
         except HpcsegError as exc:
             if against:
                 raise  # the user named this baseline: refusing it is the answer
             warnings.append(exc.message)
             ref, note, comp, w = None, exc.message, None, []
-            base = []
+            base, plotted, defs = [], results, None
         warnings += w
         if ref is not None and not any(b.best is not None for b in base):
-            warnings.append(f"baseline {ref.label}: no {metric} values in it")
+            warnings.append(f"baseline {ref.label}: no {compared['baseline']} values in it")
         if comp is not None:
             line = _headline(comp, cv["best_model"])
 
@@ -368,7 +456,8 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
             sweep = write_sweep(run, tasks, metric, mode, plots=plots)
         write_text_atomic(files["summary"], summary_csv(tasks, metric))
         write_text_atomic(files["cv"], json.dumps(cv, indent=2) + "\n")
-        write_text_atomic(files["comparison"], comparison_md(run, metric, mode, ref, comp, line, note))
+        write_text_atomic(files["comparison"], comparison_md(run, compared["run"], mode, ref, comp, line, note,
+                                                             defs))
         if evaluation:
             files["evaluation"] = run.dir / "eval" / EVAL_SUMMARY_CSV
             files["evaluation"].parent.mkdir(exist_ok=True)
@@ -377,8 +466,9 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
         if plots:
             from hpcseg.plots import write_plots
 
-            plot_files = write_plots(run.dir / PLOTS_DIR, tasks, results, comp, metric, mode,
-                                     baseline_label=ref.label if ref else None, baseline_kind=ref.kind if ref else None)
+            plot_files = write_plots(run.dir / PLOTS_DIR, tasks, plotted, comp, metric, mode,
+                                     baseline_label=ref.label if ref else None, baseline_kind=ref.kind if ref else None,
+                                     compared_metric=compared["run"])
     except PermissionError as exc:
         raise HpcsegError(f"{run.dir}: cannot write the results ({exc.strerror})", exit_code=EXIT_FAILED) from None
     return {
@@ -387,6 +477,7 @@ def collect_run(run: Run, against: str | None = None, *, plots: bool = True, roo
         "cv": cv,
         "baseline": None if ref is None else {"kind": ref.kind, "label": ref.label},
         "baseline_note": note,
+        "compared_metric": compared,  # the column compared on each side (like with like where possible)
         "comparison": comp,
         "headline": line,
         "evaluation": evaluation,

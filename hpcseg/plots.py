@@ -42,8 +42,9 @@ _DEFINITIONS = {
                 "0–1, higher is better"),
     "iou": ("IoU, 0–1", "hard IoU (Jaccard): |P∩T| / |P∪T| of the thresholded prediction P and mask T, "
             "0–1, higher is better"),
-    "jaccard_soft": ("soft Jaccard, 0–1", "soft Jaccard (Keras jacard_coef): Σpt / (Σp + Σt − Σpt) on predicted "
-                     "probabilities p, not thresholded; 0–1, higher is better; not comparable 1:1 with hard IoU"),
+    "jaccard_soft": ("soft Jaccard, 0–1", "soft Jaccard (Keras jacard_coef): (Σpt + 1) / (Σp + Σt − Σpt + 1) on "
+                     "predicted probabilities p over each batch, not thresholded, averaged over the epoch's batches; "
+                     "0–1, higher is better; not comparable 1:1 with hard IoU"),
     "dice": ("Dice, 0–1", "hard Dice (F1): 2|P∩T| / (|P| + |T|) of the thresholded prediction, 0–1, higher is "
              "better"),
     "miou": ("mean IoU, 0–1", "mean hard IoU over classes of the argmax prediction, 0–1, higher is better"),
@@ -353,8 +354,9 @@ def comparison_figure(results: Sequence[ModelResult], comp: dict[str, Any] | Non
                 text = _bar_text(r["baseline_best"], None, 0) + ("\ncollapsed" if r["baseline_collapsed"] else "")
             ax.annotate(text, (b.get_x() + b.get_width() / 2, max(b.get_height(), 0)), xytext=(0, 3),
                         textcoords="offset points", ha="center", va="bottom", **label_kw)
-        base_text = ("baseline: a Keras history; if its column is jacard_coef it is a soft Jaccard on probabilities, "
-                     "not the hard IoU above." if baseline_kind == "keras" else
+        base_text = ("baseline: a Keras history; its jacard_coef is a soft Jaccard on probabilities, compared with "
+                     "our soft Jaccard of the same formula (comparison.md names both columns)." if baseline_kind == "keras"
+                     else
                      "baseline: the same metric, as recorded by that run." if baseline_kind == "run" else
                      "baseline: the metric as recorded in its file.")
     ends = ends[np.isfinite(ends)]
@@ -379,7 +381,8 @@ def comparison_figure(results: Sequence[ModelResult], comp: dict[str, Any] | Non
 
 def write_plots(out_dir: Path, tasks: Sequence[TaskResult], results: Sequence[ModelResult],
                 comp: dict[str, Any] | None, metric: str, mode: str, baseline_label: str | None = None,
-                run: str | None = None, baseline_kind: str | None = None) -> list[Path]:
+                run: str | None = None, baseline_kind: str | None = None,
+                compared_metric: str | None = None) -> list[Path]:
     """``learning_curves_<model>.png`` for each model with any epochs, then ``model_comparison.png``.
 
     ``run``: the run's label (``job/run_id``) printed on every figure; ``baseline_kind``: ``run``, ``keras``
@@ -392,6 +395,8 @@ def write_plots(out_dir: Path, tasks: Sequence[TaskResult], results: Sequence[Mo
         if any(t.history is not None and len(t.history) for t in own):
             written.append(learning_curves(out_dir / f"learning_curves_{_safe(m.model)}.png", m.model, own, metric,
                                            run=run))
-    written.append(model_comparison(out_dir / "model_comparison.png", results, comp, metric, mode, baseline_label,
+    # the comparison's column: the metric's soft twin when the baseline only has that (collect.like_with_like)
+    written.append(model_comparison(out_dir / "model_comparison.png", results, comp, compared_metric or metric, mode,
+                                    baseline_label,
                                     run=run, baseline_kind=baseline_kind))
     return written

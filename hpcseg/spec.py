@@ -142,7 +142,7 @@ class DatasetSpec(Strict):
 
 
 # The generic U-Nets (hpcseg/train/models.py) and what each workload adds (hpcseg/workloads/registry.py).
-Arch = Literal[("unet", "attention_unet", "attention_res_unet", *WORKLOAD_ARCHS)]
+Arch = Literal[("unet", "attention_unet", "attention_res_unet", "residual_unet", *WORKLOAD_ARCHS)]
 
 
 class ModelSpec(Strict):

@@ -495,9 +495,10 @@ def count_requeues(task_dir: Path) -> int:
 
 # --------------------------------------------------------------------------------------------- metric names
 
-# Keras / segmentation-models spellings of the metrics we log, mapped to our names (docs/formats.md).
+# Keras / segmentation-models spellings of the metrics we log, mapped to our names (docs/formats.md). The
+# seeds' Keras jacard_coef is a soft Jaccard on probabilities: our jaccard_soft, not the hard jaccard.
 _METRIC_ALIASES = {
-    "jacard_coef": "jaccard", "jaccard_coef": "jaccard", "jacard": "jaccard", "jaccard": "jaccard",
+    "jacard_coef": "jaccard_soft", "jaccard_coef": "jaccard_soft", "jacard": "jaccard_soft", "jaccard": "jaccard",
     "iou": "jaccard", "iou_score": "jaccard", "jaccard_index": "jaccard",
     "dice_coef": "dice", "dice": "dice", "dice_coefficient": "dice", "f1_score": "dice",
     "accuracy": "accuracy", "acc": "accuracy", "binary_accuracy": "accuracy",
@@ -506,10 +507,11 @@ _METRIC_ALIASES = {
 
 
 def canonical_metric(name: str) -> str:
-    """``val_jacard_coef`` → ``val_jaccard``, ``jacard_coef`` → ``train_jaccard``, ``loss`` → ``train_loss``.
+    """``val_jacard_coef`` → ``val_jaccard_soft``, ``jacard_coef`` → ``train_jaccard_soft``, ``loss`` →
+    ``train_loss``.
 
-    Our histories hold only validation metrics plus the training loss; a Keras file's un-prefixed
-    columns are training-set values, so they get a ``train_`` prefix and never shadow ours.
+    Our histories hold validation metrics, the training loss and ``train_jaccard_soft``; a Keras file's
+    un-prefixed columns are training-set values, so they get a ``train_`` prefix and never shadow ours.
     """
     n = name.strip().lower()
     if n in ("lr", "learning_rate"):

@@ -406,10 +406,10 @@ CASES: list[Case] = [
     Case("image-size-not-divisible", (*SUBMIT, "--set", "workload.dataset.image_size=33"), 2,
          "hpcseg submit: tiny: preflight found 1 error(s)",
          "ERROR [model] <tmp>/job.yaml: workload.dataset.image_size: 33x33 must be divisible by 2"),
-    Case("unknown-model-option", (*SUBMIT, "--set", "workload.models.unet.options={num_res_unit: 1}"), 2,
+    Case("unknown-model-option", (*SUBMIT, "--set", "workload.models.unet.options={upsampling: nearest}"), 2,
          "hpcseg submit: tiny: preflight found 1 error(s)",
-         "workload.models.unet.options.num_res_unit: unet has no option 'num_res_unit' (did you mean "
-         "'num_res_units'?"),
+         "workload.models.unet.options.upsampling: unet has no option 'upsampling' (did you mean "
+         "'upsample'?"),
     Case("unknown-arch", (*SUBMIT, "--set", "workload.models.unet.arch=unet3d"), 2,
          "hpcseg submit: job.yaml: 1 problem(s) in the job",
          "--set workload.models.unet.arch=unet3d: workload.models.0.arch: Input should be 'unet'"),

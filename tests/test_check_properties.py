@@ -137,7 +137,7 @@ FLOAT_FIELDS = ["training__weight_decay", "training__grad_clip", "training__earl
 def test_a_non_finite_number_anywhere_is_named(where: str, bad: float, good: float) -> None:
     def checked(value: float) -> list[str]:
         if where == "option":
-            spec = job(workload__models=[{"name": "m", "arch": "unet", "channels": [4, 8],
+            spec = job(workload__models=[{"name": "m", "arch": "residual_unet", "channels": [4, 8],
                                           "options": {"num_res_units": value}}])
         else:
             try:
@@ -196,7 +196,7 @@ def test_check_cli_names_non_finite_option(tmp_path: Path, value: str, shown: st
     (tmp_path / "job.yaml").write_text(
         "name: t\nworkload:\n  task: binary_segmentation\n"
         f"  dataset: {{root: {tmp_path / 'data'}, image_size: 32}}\n"
-        f"  models: [{{name: m, arch: unet, channels: [4, 8], options: {{num_res_units: {value}}}}}]\n"
+        f"  models: [{{name: m, arch: residual_unet, channels: [4, 8], options: {{num_res_units: {value}}}}}]\n"
         "  split: {method: random, val_fraction: 0.25}\n"
         "training: {epochs: 1, batch_size: 1, lr: 0.001}\n"
         "resources: {gpus: 0, cpus: 1, memory: 1G, walltime: '00:30:00'}\n", encoding="utf-8")

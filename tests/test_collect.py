@@ -38,8 +38,8 @@ from hpcseg.spec import load_job, with_absolute_paths
 from hpcseg.taskfiles import canonical_metric, read_history, read_keras_history, read_summary
 
 REPO = Path(__file__).resolve().parent.parent
-COLUMNS = ["epoch", "train_loss", "val_loss", "val_jaccard", "val_dice", "val_precision", "val_recall", "lr",
-           "epoch_seconds"]
+COLUMNS = ["epoch", "train_loss", "val_loss", "val_jaccard", "val_dice", "val_precision", "val_recall",
+           "train_jaccard_soft", "val_jaccard_soft", "lr", "epoch_seconds"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -53,14 +53,16 @@ def make_run(root: Path, job: str = "microbead_optimized", overrides: list[str] 
 
 
 def history_text(jaccard: list[float], *, train_loss: list[float] | None = None,
-                 val_loss: list[float] | None = None, seconds: float = 100.0) -> str:
+                 val_loss: list[float] | None = None, seconds: float = 100.0, soft: list[float] | None = None) -> str:
+    """``soft``: the train_/val_jaccard_soft values (default: those of ``jaccard``)."""
     n = len(jaccard)
     train_loss = train_loss or [1.0 - 0.5 * j for j in jaccard]
     val_loss = val_loss or [1.0 - j for j in jaccard]
+    soft = soft or jaccard
     lines = [",".join(COLUMNS)]
     for i in range(n):
         row = [i + 1, train_loss[i], val_loss[i], jaccard[i], min(1.0, 2 * jaccard[i] / (1 + jaccard[i])),
-               0.5, 0.5, 1e-4, seconds]
+               0.5, 0.5, soft[i], soft[i], 1e-4, seconds]
         lines.append(",".join(repr(float(v)) if not isinstance(v, int) else str(v) for v in row))
     return "\n".join(lines) + "\n"
 
@@ -190,8 +192,8 @@ def test_keras_reader_renames_and_counts_from_one(tmp_path):
     p.write_text("epoch,accuracy,jacard_coef,loss,lr,val_accuracy,val_jacard_coef,val_loss\n"
                  "0,0.9,0.1,0.8,0.001,0.9,0.12,0.7\n1,0.92,0.2,0.6,0.001,0.91,0.1427,0.65\n")
     h = read_keras_history(p)
-    assert h.columns == ["epoch", "train_accuracy", "train_jaccard", "train_loss", "lr", "val_accuracy",
-                         "val_jaccard", "val_loss"]
+    assert h.columns == ["epoch", "train_accuracy", "train_jaccard_soft", "train_loss", "lr", "val_accuracy",
+                         "val_jaccard_soft", "val_loss"]  # Keras jacard_coef: the soft Jaccard
     assert list(h.epochs) == [1.0, 2.0]
     assert canonical_metric("val_iou") == "val_jaccard" and canonical_metric("dice_coef") == "train_dice"
     assert canonical_metric("val_acc") == "val_accuracy"
@@ -201,7 +203,7 @@ def test_seed_summary_reader(tmp_path):
     p = tmp_path / "training_summary.csv"
     p.write_text("model,best_epoch,best_val_jacard,final_val_jacard,train_time\n"
                  "UNet,35,0.6234,0.6145,2.3h\nAttention_UNet,42,0.1427,0.0,3.1h\n")
-    rows, warnings = read_summary(p, "val_jaccard")
+    rows, warnings = read_summary(p, "val_jaccard_soft")  # the seed's jacard: Keras' soft Jaccard
     assert not warnings
     assert [(r.model, r.best_epoch, r.best, r.final) for r in rows] == [
         ("UNet", 35, 0.6234, 0.6145), ("Attention_UNet", 42, 0.1427, 0.0)]

@@ -283,7 +283,8 @@ def test_history_columns_follow_the_contract():
     from hpcseg.train.metrics import columns
 
     assert columns("binary_segmentation") == ["epoch", "train_loss", "val_loss", "val_jaccard", "val_dice",
-                                              "val_precision", "val_recall", "lr", "epoch_seconds"]
+                                              "val_precision", "val_recall", "train_jaccard_soft",
+                                              "val_jaccard_soft", "lr", "epoch_seconds"]
     assert columns("multiclass_segmentation")[3:6] == ["val_miou", "val_mdice", "val_pixel_accuracy"]
     assert columns("classification")[3:6] == ["val_accuracy", "val_balanced_accuracy", "val_macro_f1"]
 

@@ -483,7 +483,8 @@ def _runner_ready() -> bool:
 
 
 HISTORY_COLUMNS = {
-    "binary_segmentation": ["val_jaccard", "val_dice", "val_precision", "val_recall"],
+    "binary_segmentation": ["val_jaccard", "val_dice", "val_precision", "val_recall", "train_jaccard_soft",
+                            "val_jaccard_soft"],
     "multiclass_segmentation": ["val_miou", "val_mdice", "val_pixel_accuracy"],
     "classification": ["val_accuracy", "val_balanced_accuracy", "val_macro_f1"],
 }

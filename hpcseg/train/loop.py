@@ -74,6 +74,8 @@ class Trainer:
         self.done_epochs, self.start_batch = 0, 0
         self.running: dict[str, Any] = {"loss_sum": 0.0, "seen": 0, "seconds": 0.0}
         self.tensorboard = TensorBoardLog(plan.task_dir, enabled=self.dist.is_main)
+        self.train_metrics: dict[str, float] = {}  # train_<metric> columns of the epoch (hpcseg.columns)
+        self.train_soft = None  # a SoftJaccardMean while a binary task trains an epoch
 
     # ------------------------------------------------------------------------------------------ the order
 
@@ -99,7 +101,7 @@ class Trainer:
                     raise Diverged(f"validation loss became {val_loss} in epoch {epoch}")
                 self.info["train_seconds"] += time.time() - self.t0
                 row = {"epoch": epoch, "train_loss": self.train_loss, "val_loss": val_loss,
-                       **{f"val_{k}": v for k, v in metrics.items()}, "lr": self.lr,
+                       **{f"val_{k}": v for k, v in metrics.items()}, **self.train_metrics, "lr": self.lr,
                        "epoch_seconds": self.prior_seconds + time.time() - self.t0}
                 improved = self.es.update(row[self.metric], epoch)
                 self.checkpoint(epoch, row, improved)
@@ -255,6 +257,12 @@ class Trainer:
         seen = int(self.running["seen"]) if carry else 0
         first = self.start_batch if resumed else 0
         n_batches = self.num_batches()
+        from hpcseg.train.metrics import SoftJaccardMean
+
+        # Keras-style train metric over the epoch's batches; a mid-epoch resume carries the saved sums
+        self.train_soft = SoftJaccardMean(self.device) if "train_jaccard_soft" in self.cols else None
+        if self.train_soft is not None and carry and "soft" in self.running:
+            self.train_soft.sums += torch.tensor(self.running["soft"], dtype=torch.float64, device=self.device)
         check_every = 16 if self.cuda else 1
         progress = _Progress(n_batches) if sys.stdout.isatty() and self.is_main else None
         self.model.train()
@@ -278,12 +286,18 @@ class Trainer:
                     raise Diverged(f"train loss became {total} in epoch {epoch}")
                 self.info["train_seconds"] += now - self.t0
                 run = {"loss_sum": total, "seen": total_seen, "seconds": self.prior_seconds + now - self.t0}
+                if self.train_soft is not None:
+                    self.dist.sum_(self.train_soft.sums)
+                    run["soft"] = self.train_soft.sums.tolist()
                 self.save(ckpt.LAST, self.checkpoint_state(epoch - 1, b + 1, run, None))
                 log.info("stopped (%s) after batch %d/%d of epoch %d; checkpoint written, requeue to go on",
                          why, b + 1, n_batches, epoch)
                 return Outcome("interrupted", EXIT_REQUEUE, f"{why} in epoch {epoch}")
         total, total_seen = self.epoch_sums(loss_sum, seen)  # the epoch's one host sync
         self.train_loss = total / max(total_seen, 1)
+        if self.train_soft is not None:
+            self.dist.sum_(self.train_soft.sums)  # a no-op without data parallelism
+            self.train_metrics = {"train_jaccard_soft": self.train_soft.compute()}
         self.info.setdefault("speed", []).append(
             (total_seen - (int(self.running["seen"]) if resumed else 0), time.time() - self.t0))
         if not math.isfinite(self.train_loss):
@@ -303,6 +317,8 @@ class Trainer:
         with self.amp:
             logits = self.model(x)
         loss = self.loss_fn(logits, y)
+        if self.train_soft is not None and weight:
+            self.train_soft.update(logits.detach(), y)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * weight if weight != 1.0 else loss).backward()
         if self.tr.grad_clip:
@@ -473,6 +489,7 @@ class Trainer:
         if self.dist.launched:
             total, seen = self.epoch_sums(loss_sum, seen)
             self.dist.sum_(meter.matrix)
+            self.dist.sum_(meter.soft.sums)
             return total / max(seen, 1), meter.compute()
         return float(loss_sum) / max(seen, 1), meter.compute()
 

@@ -3,7 +3,10 @@
 One ``bincount`` per batch and a single host sync per epoch: the metric code never stalls the GPU.
 Names and columns are those of history.csv (docs/formats.md), without the ``val_`` prefix:
 
-* binary_segmentation: jaccard (IoU of the positive class), dice, precision, recall
+* binary_segmentation: jaccard (IoU of the positive class), dice, precision, recall, and jaccard_soft:
+  the Keras ``jacard_coef`` of the seeds, ``(Σ y·p + 1) / (Σ y + Σ p − Σ y·p + 1)`` on probabilities over
+  each whole batch, averaged over the epoch's batches as Keras averages a compiled metric (each batch
+  counts once, whatever its size); also logged on the training batches as train_jaccard_soft
 * multiclass_segmentation: miou, mdice (means over classes present in target or prediction),
   pixel_accuracy
 * classification: accuracy, balanced_accuracy (mean recall over classes present in the target),
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hpcseg.columns import METRICS, columns  # noqa: F401  (their torch-free home; re-exported here)
+from hpcseg.columns import METRICS, SOFT_JACCARD, TRAIN_METRICS, columns  # noqa: F401  (torch-free home)
 
 
 def predictions(logits: Tensor, task: str) -> Tensor:
@@ -29,15 +32,56 @@ def predictions(logits: Tensor, task: str) -> Tensor:
     return logits.argmax(dim=1)
 
 
+def soft_jaccard(logits: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
+    """Keras ``jacard_coef`` of one batch (a 0-d tensor): ``(Σ y·p + 1) / (Σ y + Σ p − Σ y·p + 1)``.
+
+    ``p = sigmoid(logit)`` of the one binary channel, ``y`` the 0/1 target; the sums run over every pixel of
+    every item of the batch at once (Keras flattens the batch), so it is not a mean of per-image scores.
+    Pixels marked ignore (target < 0) count in neither sum, where Keras has no such pixels.
+    """
+    p = torch.sigmoid(logits[:, 0].float())
+    valid = target >= 0
+    y = (target > 0).to(p.dtype)
+    p = torch.where(valid, p, torch.zeros_like(p))
+    inter = (y * p).sum()
+    return (inter + smooth) / (y.sum() + p.sum() - inter + smooth)
+
+
+class BatchMean:
+    """The mean of a per-batch score over an epoch, as Keras reports a compiled metric: on the device, no
+    host sync per batch; ``sums`` ([total, batches], float64) is what data-parallel ranks all-reduce."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)
+
+    def add(self, value: Tensor) -> None:
+        self.sums += torch.stack((value.detach().double(), torch.ones((), dtype=torch.float64, device=value.device)))
+
+    def compute(self) -> float:
+        total, n = self.sums.tolist()
+        return total / n if n else float("nan")
+
+
+class SoftJaccardMean(BatchMean):
+    """The epoch's Keras ``jacard_coef``: :func:`soft_jaccard` per batch, averaged over batches."""
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        self.add(soft_jaccard(logits, target))
+
+
 class ConfusionMeter:
-    """A K×K confusion matrix (rows: target, columns: prediction) that lives on the device."""
+    """A K×K confusion matrix (rows: target, columns: prediction) that lives on the device, and for a binary
+    task the batch mean of :func:`soft_jaccard` beside it."""
 
     def __init__(self, task: str, num_classes: int, device: torch.device | str = "cpu"):
         self.task = task
         self.k = 2 if task == "binary_segmentation" else num_classes
         self.matrix = torch.zeros(self.k * self.k, dtype=torch.long, device=device)
+        self.soft = SoftJaccardMean(device)
 
     def update(self, logits: Tensor, target: Tensor) -> None:
+        if self.task == "binary_segmentation":
+            self.soft.update(logits, target)
         pred = predictions(logits, self.task).reshape(-1)
         target = target.reshape(-1)
         valid = target >= 0
@@ -45,7 +89,10 @@ class ConfusionMeter:
         self.matrix += torch.bincount(code, minlength=self.k * self.k + 1)[: self.k * self.k]
 
     def compute(self) -> dict[str, float]:
-        return compute_metrics(self.matrix.view(self.k, self.k).cpu().numpy(), self.task)
+        out = compute_metrics(self.matrix.view(self.k, self.k).cpu().numpy(), self.task)
+        if self.task == "binary_segmentation":
+            out[SOFT_JACCARD] = self.soft.compute()
+        return out
 
 
 def _div(a: np.ndarray | float, b: np.ndarray | float, empty: float) -> np.ndarray:
