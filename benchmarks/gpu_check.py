@@ -109,7 +109,7 @@ def check_loop(data: Path, work: Path, smoke: bool) -> list[Row]:
     ours, code = tt.ours(fast, work / "loop_ours")
     if code != 0:
         raise RuntimeError(f"the runner exited {code}; see {work / 'loop_ours' / 'train.log'}")
-    from hpcseg.train.microbead import build
+    from hpcseg.workloads.microbead.train import build
 
     src = build(spec, torch.device("cpu"))
     plain = tt.plain_loop(spec, torch.device("cuda" if cuda else "cpu"), src.x, src.y, epochs)

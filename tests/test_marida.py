@@ -285,7 +285,7 @@ def test_training_tunes_threshold_and_tests_once(tmp_path, job, model, sets):
         thr = res["extra"]["threshold"]
         assert 0 < thr["best_threshold"] < 1 and thr["f1"] >= thr["at_0.5"]["f1"]
         assert thr["at_0.5"]["iou"] == pytest.approx(res["best_value"], abs=1e-9)  # same pixels, same cut
-        assert set(test["metrics"]) == {"jaccard", "dice", "precision", "recall"}
+        assert set(test["metrics"]) == {"jaccard", "dice", "precision", "recall", "jaccard_soft"}
         assert test["at_threshold"]["threshold"] == pytest.approx(thr["best_threshold"])
         assert (out / "eval" / "threshold.csv").is_file() and (out / "eval" / "threshold.png").is_file()
 
