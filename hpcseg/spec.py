@@ -12,7 +12,6 @@ import copy
 import difflib
 import hashlib
 import importlib.metadata
-import math
 import os
 import re
 import sys
@@ -35,38 +34,14 @@ from pydantic import (
 )
 
 from hpcseg.errors import SpecError
+from hpcseg.scalars import real_number, whole_number
 from hpcseg.sweep.spec import SweepSpec
 from hpcseg.workloads.registry import DEFAULT_LAYOUT, LAYOUTS, WORKLOAD_ARCHS
 
 # --------------------------------------------------------------------------------------------- schema
 
-
-
-def _whole_number(v: Any) -> Any:
-    # YAML 1.1 reads true/yes/on as True, and pydantic's lax mode would take True for 1: one GPU nobody asked for.
-    if isinstance(v, bool):
-        raise ValueError(f"expected a whole number, not {str(v).lower()} (YAML reads true/yes/on and "
-                         f"false/no/off as booleans)")
-    return v
-
-
-def _real_number(v: Any) -> Any:
-    if isinstance(v, bool):
-        raise ValueError(f"expected a number, not {str(v).lower()} (YAML reads true/yes/on and "
-                         f"false/no/off as booleans)")
-    try:
-        finite = math.isfinite(float(v)) if isinstance(v, int | float | str) else True
-    except (ValueError, OverflowError):
-        finite = True  # not a number at all: pydantic's own message says so
-    if not finite:
-        raise ValueError("must be a finite number, not NaN or infinity")
-    return v
-
-
-# Every number of the schema is one of these (tests/test_spec.py walks the schema to hold that): booleans are
-# refused, and floats must be finite, because a NaN learning rate or inf weight decay only fails on the node.
-Int = Annotated[int, BeforeValidator(_whole_number)]
-Float = Annotated[float, BeforeValidator(_real_number)]
+Int = Annotated[int, BeforeValidator(whole_number)]
+Float = Annotated[float, BeforeValidator(real_number)]
 Fraction = Annotated[Float, Field(ge=0.0, le=1.0)]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 
@@ -138,7 +113,7 @@ class DatasetSpec(Strict):
     @field_validator("expected_count", mode="before")
     @classmethod
     def _count(cls, v: Any) -> Any:
-        return _whole_number(v)  # as the Int fields do: `expected_count: yes` is not one image
+        return whole_number(v)  # as the Int fields do: `expected_count: yes` is not one image
 
 
 # The generic U-Nets (hpcseg/train/models.py) and what each workload adds (hpcseg/workloads/registry.py).

@@ -15,37 +15,21 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from hpcseg.errors import SpecError
+from hpcseg.scalars import real_number, whole_number
 
 MAX_CONFIGS = 10_000  # an array this long is a typo in a grid, not a plan
 # Sections a sweep may not change: the sweep itself, the names runs are filed under, and the objective.
 FORBIDDEN_ROOTS = ("sweep", "profiles", "name", "collection")
 
 
-_BOOLEANS = "(YAML reads true/yes/on and false/no/off as booleans)"
-
-
-def _number(v: Any) -> Any:
-    # The same words as hpcseg.spec's numbers (tests/test_spec.py walks every number of the schema).
-    if isinstance(v, bool):
-        raise ValueError(f"expected a number, not {str(v).lower()} {_BOOLEANS}")
-    try:
-        finite = math.isfinite(float(v)) if isinstance(v, int | float | str) else True
-    except (ValueError, OverflowError):
-        finite = True  # not a number at all: pydantic's own message says so
-    if not finite:
-        raise ValueError("must be a finite number, not NaN or infinity")
-    return v
-
-
 def _whole(v: Any) -> Any:
-    if isinstance(v, bool):
-        raise ValueError(f"expected a whole number, not {str(v).lower()} {_BOOLEANS}")
+    whole_number(v)
     if isinstance(v, float) and not v.is_integer():
         raise ValueError(f"expected a whole number, got {v!r}")
     return v
 
 
-Num = Annotated[float, BeforeValidator(_number)]
+Num = Annotated[float, BeforeValidator(real_number)]
 Whole = Annotated[int, BeforeValidator(_whole)]
 
 
