@@ -138,6 +138,17 @@ def test_sacct_attempts_are_summed_and_counted():
     assert s["77_2"].restarts == s["77_3"].restarts == 0
 
 
+def test_an_element_leaving_the_pending_range_is_not_a_requeue():
+    """Seen in the demo: while an array starts, sacct lists the pending range (which expands to every
+    element) and the element that just started; the range record is no earlier attempt of it."""
+    for text in ("985_[0-2]|PENDING|0:0|None assigned|00:00:00\n985_0|RUNNING|0:0|node1|00:00:10\n"
+                 "985_[1-2]|PENDING|0:0|None assigned|00:00:00\n",
+                 "985_0|RUNNING|0:0|node1|00:00:10\n985_[0-2]|PENDING|0:0|None assigned|00:00:00\n"):
+        s = parse_sacct(text)
+        assert (s["985_0"].state, s["985_0"].restarts, s["985_0"].elapsed_s) == ("running", 0, 10)
+        assert s["985_1"].restarts == s["985_2"].restarts == 0
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(0, 10**6), min_size=1, max_size=8))
 def test_sacct_elapsed_is_the_sum_over_attempts(secs):

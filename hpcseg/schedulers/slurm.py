@@ -74,6 +74,7 @@ def parse_sacct(text: str) -> dict[str, JobState]:
     the same id is an attempt the scheduler requeued (``-D``), counted in ``restarts`` and whose elapsed
     time is added, so a task put back after a node failure shows all the time it has run."""
     out: dict[str, JobState] = {}
+    attempts: set[str] = set()  # ids whose kept record is an attempt of that element, not a pending range
     for line in text.splitlines():
         f = line.strip().split("|")
         if len(f) < 5 or not f[0]:
@@ -81,14 +82,24 @@ def parse_sacct(text: str) -> dict[str, JobState]:
         native = f[1].split()[0] if f[1].strip() else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
         node = "" if f[3] in ("None assigned", "(null)") else f[3]
         elapsed = hms_seconds(f[4])
-        for jid in expand_id(f[0]):
+        ids = expand_id(f[0])
+        ranged = len(ids) > 1 or "[" in f[0]
+        for jid in ids:
             before = out.get(jid)
+            if ranged and before is not None:
+                continue  # the array's pending remainder never overrides an element's own record
             restarts, total = 0, elapsed
-            if before is not None:
+            if before is not None and jid in attempts and before.native != "PENDING":
+                # An earlier attempt of this very element (requeued by Slurm or by the script): count it
+                # and its time. A pending-range record before the element started is no attempt.
                 restarts = before.restarts + 1
                 if before.elapsed_s is not None:
                     total = before.elapsed_s + (elapsed or 0.0)
+            elif before is not None and jid in attempts:
+                restarts = before.restarts
             out[jid] = JobState(STATE_MAP.get(native, "unknown"), native, node, total, f[2], restarts=restarts)
+            if not ranged:
+                attempts.add(jid)
     return out
 
 
