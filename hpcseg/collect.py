@@ -608,8 +608,8 @@ def _print_evaluation(console: Any, evaluation: dict[str, dict[str, Any]],
     from rich.table import Table
 
     keys = [k for k in keys_of(evaluation) if k.count(".") <= 1 or k.endswith("_at_95_specificity")]
-    t = Table(title="evaluation with the best weights: mean ± std (folds)"
-              + ("; [baseline]" if baseline else ""))
+    t = Table(title=rich_text("evaluation with the best weights: mean ± std (folds)"
+                              + ("; [baseline]" if baseline else "")))
     t.add_column("measure")
     for model in evaluation:
         t.add_column(rich_text(model))
