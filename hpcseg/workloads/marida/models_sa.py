@@ -25,6 +25,7 @@ from torch import nn
 
 from hpcseg.spec import JobSpec, ModelSpec
 from hpcseg.train.models import out_channels
+from hpcseg.workloads.marida.models_se import pad_to_multiple
 
 DEFAULT_SA_DECODER_LEVELS = 2
 
@@ -94,10 +95,7 @@ class SelfAttentionUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        m = 2 ** self.levels
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        x = pad_to_multiple(x, 2 ** self.levels)
         skips = []
         for block in self.down:
             x = block(x)

@@ -60,10 +60,7 @@ class SEUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        m = 2 ** self.levels
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        x = pad_to_multiple(x, 2 ** self.levels)
         skips = []
         for i, block in enumerate(self.down):
             x = block(x)
@@ -73,6 +70,16 @@ class SEUNet(nn.Module):
         for up, dec, skip in zip(self.ups, self.dec, reversed(skips), strict=True):
             x = dec(torch.cat([up(x), skip], dim=1))
         return self.head(x)[..., :h, :w]
+
+
+def pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
+    """Pad H and W at the bottom/right up to a multiple of ``m``, so any tile size survives the poolings
+    (the caller crops the output back); reflect where the tile is big enough, else replicate."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % m, (-w) % m
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+    return x
 
 
 def build(spec: JobSpec, model: ModelSpec) -> nn.Module:
