@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -329,10 +329,6 @@ def headline(row: dict[str, Any], others: Sequence[dict[str, Any]] = ()) -> str:
     line = f"{row['model']}: {base}; {now}: {tail}"
     rest = [_short_change(o) for o in others if o["model"] != row["model"]]
     return f"{line} | also: {'; '.join(rest)}" if rest else line
-
-
-def as_dict(m: ModelResult) -> dict[str, Any]:
-    return asdict(m)
 
 
 # --------------------------------------------------------------------------------------------- baselines
