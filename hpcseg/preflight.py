@@ -479,6 +479,12 @@ def _weights_module(arch: str) -> str | None:
     return entry.weights if entry is not None else None
 
 
+def _known_archs() -> set[str]:
+    from hpcseg.archs import CATALOGUE
+
+    return set(CATALOGUE)
+
+
 def _check_weights(c: Checks) -> None:
     named = 0
     for m in c.spec.workload.models:
@@ -496,10 +502,11 @@ def _check_weights(c: Checks) -> None:
             c.error("weights", path, f"weights of model {m.name} is a folder, not a file; {fix}")
         elif path.stat().st_size == 0:
             c.error("weights", path, f"weights of model {m.name} is empty (0 bytes); {fix}")
-        elif (loader := _weights_module(m.arch)) is not None:  # keys and shapes must fit (imports torch)
+        elif m.arch in _known_archs():  # keys and shapes must fit (imports torch, only here)
+            loader = _weights_module(m.arch) or "hpcseg.train.weightfile"
             why = importlib.import_module(loader).refuse_reason(c.spec, m)
-            if why:
-                c.error("weights", path, why)
+            if why:  # the loaders' messages open with the file, which the problem already names
+                c.error("weights", path, why.removeprefix(f"{path}: "))
     c.count("weights", named)
 
 

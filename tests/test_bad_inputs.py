@@ -106,6 +106,26 @@ def data_then(change: Callable[[Path], None]) -> Callable[[Path], None]:
     return setup
 
 
+# Opening a weights file builds the model (torch, MONAI), and MONAI imports matplotlib, which caches its
+# font list under $HOME: not our output, so not a half-written leftover.
+MPL_CACHE = (".cache", ".cache/*", ".config", ".config/*")
+
+
+def weights_file(kind: str) -> Callable[[Path], None]:
+    """The valid job and a weights/unet.pth that is no checkpoint, or ResNet-50 tensors (another arch)."""
+    def setup(tmp: Path) -> None:
+        valid(tmp)
+        (tmp / "weights").mkdir()
+        if kind == "text":
+            (tmp / "weights" / "unet.pth").write_text("not a checkpoint\n")
+            return
+        import torch
+
+        torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "layer4.2.conv3.weight": torch.zeros(2048, 512, 1, 1),
+                    "fc.weight": torch.zeros(1000, 2048)}, tmp / "weights" / "unet.pth")
+    return setup
+
+
 def no_dataset(tmp: Path) -> None:
     job_file(tmp)
 
@@ -387,6 +407,14 @@ CASES: list[Case] = [
     Case("weights-missing", (*SUBMIT, "--set", "workload.models.unet.weights=weights/unet.pth"), 2,
          "hpcseg submit: tiny: preflight found 1 error(s)",
          "ERROR [weights] <tmp>/weights/unet.pth: weights of model unet not found"),
+    Case("weights-not-a-checkpoint", (*SUBMIT, "--set", "workload.models.unet.weights=weights/unet.pth"), 2,
+         "hpcseg submit: tiny: preflight found 1 error(s)",
+         "ERROR [weights] <tmp>/weights/unet.pth: cannot read the weights of model unet (not a file torch.save wrote)",
+         setup=weights_file("text"), creates=MPL_CACHE),
+    Case("weights-of-another-arch", (*SUBMIT, "--set", "workload.models.unet.weights=weights/unet.pth"), 2,
+         "hpcseg submit: tiny: preflight found 1 error(s)",
+         "ERROR [weights] <tmp>/weights/unet.pth: no tensor of model unet (unet) is in this file with its shape",
+         setup=weights_file("resnet"), creates=MPL_CACHE),
     # --- what the node would refuse, found before the queue
     Case("more-folds-than-items", (*SUBMIT, "--set", "workload.split.folds=5"), 2,
          "hpcseg submit: tiny: preflight found 1 error(s)",

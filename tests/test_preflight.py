@@ -316,18 +316,62 @@ def test_weights_missing_empty_or_folder(beads: Path, tmp_path: Path) -> None:
     doc = job_doc(beads)
     (tmp_path / "empty.pth").write_bytes(b"")
     (tmp_path / "dir.pth").mkdir()
-    (tmp_path / "good.pth").write_bytes(b"\x80weights")
+    (tmp_path / "junk.pth").write_bytes(b"\x80weights")
     doc["workload"]["models"] = [
-        {"name": f"m{i}", "arch": "unet" if f == "good.pth" else "resnet50", "weights": str(tmp_path / f)}
-        for i, f in enumerate(["missing.pth", "empty.pth", "dir.pth", "good.pth"])
+        {"name": f"m{i}", "arch": "unet" if f == "junk.pth" else "resnet50", "weights": str(tmp_path / f)}
+        for i, f in enumerate(["missing.pth", "empty.pth", "dir.pth", "junk.pth"])
     ]
     problems = run_preflight(spec_of(doc))
-    assert [Path(p.where).name for p in problems] == ["missing.pth", "empty.pth", "dir.pth"]
-    assert all(p.check == "weights" and "no internet" in p.message for p in problems)
-    # A classifier's file is opened: bytes that are no checkpoint are refused, naming the file.
-    doc["workload"]["models"] = [{"name": "m", "arch": "resnet50", "weights": str(tmp_path / "good.pth")}]
+    assert [Path(p.where).name for p in problems] == ["missing.pth", "empty.pth", "dir.pth", "junk.pth"]
+    assert all(p.check == "weights" and "no internet" in p.message for p in problems[:3])
+    # Every arch's file is opened: bytes that are no checkpoint are refused, naming the file.
+    assert "cannot read the weights of model m3" in problems[3].message
+    doc["workload"]["models"] = [{"name": "m", "arch": "resnet50", "weights": str(tmp_path / "junk.pth")}]
     (problem,) = run_preflight(spec_of(doc))
     assert problem.check == "weights" and "cannot read the weights of model m" in problem.message
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_unet_weights_must_fit_all_but_the_output_layer(beads: Path, tmp_path: Path, wrapped: bool) -> None:
+    """A U-Net file: its own checkpoint fits (even with another class count); one of other widths is
+    refused before the queue, naming the first tensor that does not fit, unless partial is allowed."""
+    import torch
+
+    from hpcseg.train.models import build_model
+
+    doc = job_doc(beads)
+    spec = spec_of(doc)
+    model = spec.workload.models[0]
+    own = build_model(spec, model).state_dict()
+    if wrapped:  # hpcseg's own checkpoint, saved from DDP
+        torch.save({"model": {f"module.{k}": v for k, v in own.items()}, "epoch": 3}, tmp_path / "own.pth")
+    else:
+        torch.save(own, tmp_path / "own.pth")
+    doc["workload"]["models"][0]["weights"] = str(tmp_path / "own.pth")
+    assert run_preflight(spec_of(doc)) == []
+    doc["workload"]["dataset"]["num_classes"] = 3  # another head: the output layer alone is replaced
+    doc["workload"]["task"] = "multiclass_segmentation"
+    assert [p for p in run_preflight(spec_of(doc)) if p.check == "weights"] == []
+
+    doc = job_doc(beads)
+    wider = spec_of(doc).workload.models[0].model_copy(update={"channels": [c * 2 for c in model.channels]})
+    torch.save(build_model(spec, wider).state_dict(), tmp_path / "wider.pth")
+    doc["workload"]["models"][0]["weights"] = str(tmp_path / "wider.pth")
+    (problem,) = run_preflight(spec_of(doc))
+    assert problem.check == "weights" and Path(problem.where).name == "wider.pth"
+    assert "another architecture or other channels" in problem.message and "\n" not in problem.message
+    doc["workload"]["models"][0]["allow_partial_weights"] = True  # nothing fits: refused all the same
+    (problem,) = run_preflight(spec_of(doc))
+    assert "no tensor of model unet (unet) is in this file with its shape" in problem.message
+
+    partial = {k: v for k, v in own.items() if not k.startswith("decoders.0.")}  # a decoder block lost
+    torch.save(partial, tmp_path / "partial.pth")
+    doc = job_doc(beads)
+    doc["workload"]["models"][0]["weights"] = str(tmp_path / "partial.pth")
+    (problem,) = run_preflight(spec_of(doc))
+    assert "missing decoders.0." in problem.message
+    doc["workload"]["models"][0]["allow_partial_weights"] = True
+    assert run_preflight(spec_of(doc)) == []
 
 
 # --------------------------------------------------------------------------------------------- resources

@@ -65,36 +65,11 @@ def build_model(spec: JobSpec, model: ModelSpec) -> nn.Module:
         cov = resolve(MAPPED_WEIGHTS[model.arch], "weights")(net, model.weights, model.arch, model.name,
                                                               model.allow_partial_weights)
         log.info("weights %s: %s", model.weights, cov.summary())
-    elif model.weights:
-        load_weights(net, model.weights, model.name)
+    elif model.weights:  # same names as ours: every tensor but the output layer must fit
+        from hpcseg.train.weightfile import load_into
+
+        log.info("weights %s: %s", model.weights, load_into(net, model).summary())
     return net
-
-
-def load_weights(net: nn.Module, path: str, name: str = "model") -> None:
-    """Load a local state dict non-strictly and log what did not match (a new head is expected)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise HpcsegError(f"model {name}: weights file {path} not found; copy it to the cluster first") from None
-    except Exception as exc:  # pickle, zip and torch errors all mean "not a usable weights file"
-        raise HpcsegError(f"model {name}: cannot read weights {path} ({exc.__class__.__name__}: {exc})") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # one of our own checkpoints
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    own = net.state_dict()
-    shaped = {k: v for k, v in state.items() if k in own and getattr(v, "shape", None) == own[k].shape}
-    mismatched = sorted(k for k in state if k in own and k not in shaped)
-    result = net.load_state_dict(shaped, strict=False)
-    log.info("weights %s: loaded %d tensors; missing %d%s; unexpected %d%s; shape-mismatched %d%s", path,
-             len(shaped), len(result.missing_keys), _few(result.missing_keys), len(result.unexpected_keys),
-             _few(result.unexpected_keys), len(mismatched), _few(mismatched))
-    if not shaped:
-        raise HpcsegError(f"model {name}: no tensor of {path} fits arch (wrong weights file?)")
-
-
-def _few(keys: Sequence[str], n: int = 4) -> str:
-    return f" ({', '.join(list(keys)[:n])}{', ...' if len(keys) > n else ''})" if keys else ""
 
 
 def count_parameters(net: nn.Module) -> int:

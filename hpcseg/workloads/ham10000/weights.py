@@ -21,8 +21,11 @@ exact names and shapes in tests/fixtures/torchvision_state_dicts.json):
 * vit_b_16: torchvision has our names; timm ``patch_embed.proj``/``blocks.i.attn.qkv``/``mlp.fc1``... are
   renamed (timm's fused qkv is nn.MultiheadAttention's in_proj, same order q, k, v).
 
-A ``module.`` prefix (DataParallel) is removed, and a dict holding the weights under ``model``,
-``state_dict`` or ``model_state_dict`` is unwrapped.
+Files are read by :func:`hpcseg.train.weightfile.read_state_dict` (``weights_only``; a ``module.`` prefix
+removed; a dict holding the weights under ``model``, ``state_dict`` or ``model_state_dict`` unwrapped).
+The timm names were checked against timm's source (``densenet.py``; ``_efficientnet_blocks.py``:
+DepthwiseSeparableConv ``conv_dw/bn1/se/conv_pw/bn2``, InvertedResidual ``conv_pw/bn1/conv_dw/bn2/se/
+conv_pwl/bn3``; ``vision_transformer.py``: ``blocks.i.norm1/attn.qkv/attn.proj/norm2/mlp.fc1/mlp.fc2``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcseg.errors import HpcsegError
+from hpcseg.train.weightfile import read_state_dict
 
 # Our own (MONAI / hpcseg ViT) head: excluded from coverage, never loaded from an ImageNet file.
 HEADS: dict[str, tuple[str, ...]] = {
@@ -244,25 +248,6 @@ def refusal(path: str, model_name: str, cov: Coverage, keys: list[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------- torch side
-
-
-def read_state_dict(path: str, model_name: str) -> dict[str, Any]:
-    """The tensors of a local checkpoint (``torch.load(weights_only=True)``: no code runs from the file)."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise HpcsegError(f"{path}: weights file of model {model_name} not found; copy it to the cluster first") from None
-    except Exception as exc:  # pickle, zip and torch errors all mean "not a usable weights file"
-        raise HpcsegError(f"{path}: cannot read the weights of model {model_name} "
-                          f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    for wrapper in ("model", "state_dict", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
-        raise HpcsegError(f"{path}: not a state dict of tensors (model {model_name}); save model.state_dict()")
-    return state
 
 
 def check_file(path: str, arch: str, model_name: str, ours: Mapping[str, tuple[int, ...]],
