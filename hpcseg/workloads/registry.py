@@ -52,7 +52,7 @@ WORKLOADS: dict[str, Workload] = {w.layout: w for w in (
     Workload("microbead", synth="microbeads"),
     Workload("marida", synth="marida", archs={"se_unet": Arch("models_se:build"),
                                               "attention_unet_sa": Arch("models_sa:build", ("sa_decoder_levels",))},
-             source_options=("confidence",)),  # how _conf.tif weighs pixels (docs/workloads.md)
+             source_options=("confidence",)),  # how _conf.tif weighs pixels (docs/formats.md)
     Workload("hyperspectral", synth="hyperspectral", archs={"ssmu_net": Arch("models_ssmu:build", _SSMU_OPTIONS)},
              source_options=("patches_per_core", "min_tissue", "min_foreground")),  # patch sampling
     Workload("ham10000", synth="ham10000", archs={"resnet50": replace(_CNN, options=("widen_factor",)), "densenet121": _CNN, "efficientnet_b3": _CNN,
