@@ -12,6 +12,7 @@ import copy
 import difflib
 import hashlib
 import importlib.metadata
+import math
 import os
 import re
 import sys
@@ -138,6 +139,33 @@ class SplitSpec(Strict):
 
 
 LossName = Literal["dice", "focal", "ce", "weighted_ce"]
+# How weighted_ce weighs the classes when the job gives no list: 1/frequency normalised to mean 1, or
+# MARIDA's 1 / ln(c + frequency) (its semantic_segmentation/unet code, c = 1.03), both from training pixels.
+CLASS_WEIGHT_SCHEMES = ("inverse_frequency", "inverse_log_frequency")
+
+
+def _class_weights_value(v: Any) -> Any:
+    """A scheme name or a list of positive finite weights (one per class; the count is checked in JobSpec)."""
+    if isinstance(v, str):
+        if v not in CLASS_WEIGHT_SCHEMES:
+            raise ValueError(f"{v!r} is not one of {', '.join(CLASS_WEIGHT_SCHEMES)}, or a list of one positive "
+                             f"weight per class")
+        return v
+    if isinstance(v, list | tuple):
+        out = []
+        for i, w in enumerate(v):
+            try:
+                value = float(real_number(w))
+            except (TypeError, ValueError):
+                value = math.nan
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"weight {i} is {w!r}; every class weight must be a finite number above 0")
+            out.append(value)
+        if not out:
+            raise ValueError("an empty list; give one positive weight per class, or a scheme name")
+        return tuple(out)
+    raise ValueError(f"expected {' or '.join(CLASS_WEIGHT_SCHEMES)}, or a list of one positive weight per class, "
+                     f"got {v!r}")
 
 
 class LossSpec(Strict):
@@ -146,6 +174,10 @@ class LossSpec(Strict):
     focal_gamma: Float = Field(2.0, ge=0.0, le=10.0)
     label_smoothing: Fraction = 0.0
     class_weight_clip: tuple[Float, Float] | None = None
+    class_weights: Annotated[str | tuple[float, ...], BeforeValidator(_class_weights_value)] = Field(
+        "inverse_frequency", description="weighted_ce's class weights: inverse_frequency, inverse_log_frequency "
+                                         "(MARIDA's 1/ln(c + f)) or a list of one weight per class.")
+    class_weight_c: Float = Field(1.03, gt=1.0, le=100.0, description="c of inverse_log_frequency.")
 
     @model_validator(mode="before")
     @classmethod
@@ -163,6 +195,17 @@ class LossSpec(Strict):
         if not v:
             raise ValueError("name at least one loss, e.g. {dice: 1.0}")
         return v
+
+    @model_validator(mode="after")
+    def _class_weights_used(self) -> LossSpec:
+        # A weight that nothing reads is a setting the user believes in but that does nothing.
+        named = "class_weights" in self.model_fields_set or "class_weight_c" in self.model_fields_set
+        if named and "weighted_ce" not in self.components:
+            raise ValueError("class_weights: only the weighted_ce component uses class weights; add weighted_ce to "
+                             "training.loss.components or drop class_weights")
+        if isinstance(self.class_weights, tuple) and self.class_weight_clip is not None:
+            raise ValueError("class_weight_clip clips computed weights; with a list of class_weights drop it")
+        return self
 
 
 class AugmentationSpec(Strict):
@@ -389,6 +432,15 @@ class JobSpec(Strict):
             raise ValueError(f"training.batch_size {self.training.batch_size} does not divide over the "
                              f"{world} training processes (resources.nodes x processes per node); the batch "
                              f"is global, so make it a multiple of {world}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_class_weight_per_class(self) -> JobSpec:
+        given = self.training.loss.class_weights
+        k = self.workload.dataset.num_classes
+        if isinstance(given, tuple) and len(given) != k:
+            raise ValueError(f"training.loss.class_weights: {len(given)} weight(s) for {k} classes "
+                             f"(workload.dataset.num_classes); give one per class, in class order")
         return self
 
     @property
