@@ -12,7 +12,6 @@ import copy
 import difflib
 import hashlib
 import importlib.metadata
-import math
 import os
 import re
 import sys
@@ -155,11 +154,15 @@ def _class_weights_value(v: Any) -> Any:
         out = []
         for i, w in enumerate(v):
             try:
-                value = float(real_number(w))
+                checked = real_number(w)  # booleans and NaN/infinity refused in the words of every number
+            except ValueError as exc:
+                raise ValueError(f"weight {i}: {exc}") from None
+            try:
+                value = float(checked)
             except (TypeError, ValueError):
-                value = math.nan
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"weight {i} is {w!r}; every class weight must be a finite number above 0")
+                raise ValueError(f"weight {i} is {w!r}, not a number") from None
+            if value <= 0:
+                raise ValueError(f"weight {i} is {w!r}; every class weight must be a number above 0")
             out.append(value)
         if not out:
             raise ValueError("an empty list; give one positive weight per class, or a scheme name")

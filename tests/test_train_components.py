@@ -113,7 +113,7 @@ def test_tensor_source_yields_weights_beside_the_target():
     src = TensorSource(spec, [f"i{i}" for i in range(5)], torch.randn(5, 1, 8, 8), y, torch.device("cpu"), w)
     assert src.has_pixel_weights()
     for train in (True, False):
-        for x, yb, wb in src.weighted_batches(np.arange(5), 2, train=train, epoch=1, seed=3):
+        for _x, yb, wb in src.weighted_batches(np.arange(5), 2, train=train, epoch=1, seed=3):
             assert wb.dtype == torch.float32 and torch.equal(wb, torch.where(yb == 1, 0.5, 1.0))
     plain = [(x, yb) for x, yb in src.batches(np.arange(5), 2, train=True, epoch=1, seed=3)]
     same = [(x, yb) for x, yb, _ in src.weighted_batches(np.arange(5), 2, train=True, epoch=1, seed=3)]
@@ -351,7 +351,7 @@ def test_class_weights_from_the_job_or_a_named_scheme():
     ({"components": {"weighted_ce": 1.0}, "class_weights": [1.0, 2.0]},
      "training.loss.class_weights: 2 weight(s) for 3 classes (workload.dataset.num_classes)"),
     ({"components": {"weighted_ce": 1.0}, "class_weights": [1.0, -2.0, 1.0]}, "weight 1 is -2.0"),
-    ({"components": {"weighted_ce": 1.0}, "class_weights": [1.0, True, 1.0]}, "weight 1 is True"),
+    ({"components": {"weighted_ce": 1.0}, "class_weights": [1.0, True, 1.0]}, "weight 1: expected a number, not true"),
     ({"components": {"weighted_ce": 1.0}, "class_weights": "balanced"}, "'balanced' is not one of"),
     ({"components": {"dice": 1.0}, "class_weights": [1.0, 2.0, 3.0]}, "only the weighted_ce component"),
     ({"components": {"weighted_ce": 1.0}, "class_weights": [1.0, 2.0, 3.0], "class_weight_clip": [0.5, 2]},
