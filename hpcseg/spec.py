@@ -202,8 +202,8 @@ class LossSpec(Strict):
     @model_validator(mode="after")
     def _class_weights_used(self) -> LossSpec:
         # A weight that nothing reads is a setting the user believes in but that does nothing.
-        named = "class_weights" in self.model_fields_set or "class_weight_c" in self.model_fields_set
-        if named and "weighted_ce" not in self.components:
+        # (by value, not by fields set: a dumped and re-validated spec sets every field)
+        if self.class_weights != "inverse_frequency" and "weighted_ce" not in self.components:
             raise ValueError("class_weights: only the weighted_ce component uses class weights; add weighted_ce to "
                              "training.loss.components or drop class_weights")
         if isinstance(self.class_weights, tuple) and self.class_weight_clip is not None:

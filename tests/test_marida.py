@@ -253,6 +253,57 @@ def test_confidence_option_is_checked(tmp_path):
         build(quick("marida_se_unet", tmp_path, "workload.models.se_unet.options={confidence: sure}"), torch.device("cpu"))
 
 
+WEIGHTS = "workload.models.se_unet.options={confidence: {high: 1.0, moderate: 0.5, low: 0.25}}"
+
+
+def test_confidence_weights_weigh_pixels_by_level(tmp_path):
+    """A weight mapping keeps every labelled pixel and gives it its level's weight; weight 0 drops a level
+    (as the filter does); unlabelled pixels stay ignored."""
+    from hpcseg.workloads.marida.train import build
+
+    codes = np.ones((32, 32), np.uint8)
+    codes[:, :4] = 0                                                          # an unlabelled strip
+    conf = np.repeat(np.array([1, 2, 3, 0]), 8)[:, None].repeat(32, axis=1)   # rows: high, moderate, low, none
+    _codes_tile(tmp_path, codes, conf)
+    src = build(quick("marida_se_unet", tmp_path, WEIGHTS), torch.device("cpu"))
+    assert src.has_pixel_weights() and src.w.shape == src.y.shape
+    y, w = src.y[0].long().numpy(), src.w[0].float().numpy()
+    assert (y[:, 4:] == 1).all() and (y[:, :4] == -1).all()                   # nothing dropped by the weights
+    np.testing.assert_array_equal(w[:, 4], np.repeat([1.0, 0.5, 0.25, 1.0], 8))  # level 0 (none given) weighs 1
+    drop_low = build(quick("marida_se_unet", tmp_path, WEIGHTS.replace("low: 0.25", "low: 0")), torch.device("cpu"))
+    assert (drop_low.y[0, 16:24].long() == -1).all() and (drop_low.y[0, :16, 4:] == 1).all()
+    plain = build(quick("marida_se_unet", tmp_path), torch.device("cpu"))
+    assert not plain.has_pixel_weights()
+
+
+@pytest.mark.parametrize("value,needle", [
+    ("{high: 1, moderate: 0.5}", "options.confidence: no weight for low"),
+    ("{high: 1, moderate: 0.5, low: 0.2, sure: 2}", "options.confidence: unknown level(s) sure"),
+    ("{high: 1, moderate: -0.5, low: 0.2}", "options.confidence.moderate: -0.5 is not a weight"),
+    ("{high: 1, moderate: yes, low: 0.2}", "options.confidence.moderate: True is not a weight"),
+    ("{high: 0, moderate: 0, low: 0}", "options.confidence: every weight is 0"),
+])
+def test_preflight_checks_confidence_weights(tmp_path, value, needle):
+    from hpcseg.preflight import run_preflight
+    from hpcseg.spec import with_absolute_paths
+
+    root = _synth(tmp_path / "d", n=5)
+    spec = with_absolute_paths(quick("marida_se_unet", root, f"workload.models.se_unet.options={{confidence: {value}}}"))
+    problems = [p for p in run_preflight(spec) if p.severity == "error"]
+    assert len(problems) == 1 and "\n" not in str(problems[0]), problems
+    assert needle in f"{problems[0].where}: {problems[0].message}", problems   # the field, then what to do
+    assert problems[0].where.startswith("workload.models.se_unet.options.confidence")
+
+
+def test_preflight_warns_that_dice_is_not_weighted(tmp_path):
+    from hpcseg.preflight import run_preflight
+    from hpcseg.spec import with_absolute_paths
+
+    root = _synth(tmp_path / "d", n=5)
+    problems = run_preflight(with_absolute_paths(quick("marida_se_unet", root, WEIGHTS)))
+    assert [p.severity for p in problems] == ["warning"] and "dice counts every labelled pixel once" in problems[0].message
+
+
 # --------------------------------------------------------------------------------- end to end
 
 
