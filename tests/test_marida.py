@@ -341,6 +341,39 @@ def test_training_tunes_threshold_and_tests_once(tmp_path, job, model, sets):
         assert (out / "eval" / "threshold.csv").is_file() and (out / "eval" / "threshold.png").is_file()
 
 
+def test_multiclass_job_trains_with_class_and_confidence_weights(tmp_path):
+    """The shipped multi-class job on synthetic tiles, pixels weighted by confidence: the class weights are
+    MARIDA's 1/ln(1.03 + f) of the training pixels, logged and in result.json, as is where the pixel
+    weights went; the test split is evaluated over the 15 classes."""
+    import json
+
+    from hpcseg.cli import main
+
+    root = _synth(tmp_path / "d", n=10)
+    out = tmp_path / "task"
+    sets = ["training.epochs=2", WEIGHTS]
+    rc = main(["train", str(JOBS / "marida_multiclass.yaml"), "--profile", "quick", "--model", "se_unet", "--out",
+               str(out), "--set", f"workload.dataset.root={root}", *(x for s in sets for x in ("--set", s))])
+    log = (out / "train.log").read_text()
+    assert rc == 0, log
+    res = json.loads((out / "result.json").read_text())
+    loss = res["loss"]
+    assert loss["class_weight_scheme"].startswith("inverse_log_frequency") and len(loss["class_weights"]) == 15
+    assert loss["pixel_weights"] == {"applied_to": ["weighted_ce"], "not_applied_to": []}
+    # the weights are 1/ln(1.03 + f) over the training split's labelled pixels
+    from hpcseg.splits import read_splits
+    from hpcseg.workloads.marida.train import build
+
+    src = build(quick("marida_multiclass", root, WEIGHTS), torch.device("cpu"))
+    train = read_splits(out / "splits.json")["folds"][0]["train"]
+    idx = np.array([src.names().index(n) for n in train])
+    counts = src.class_counts(idx).astype(float)
+    np.testing.assert_allclose(loss["class_weights"], 1 / np.log(1.03 + counts / counts.sum()), rtol=1e-9)
+    assert "loss: weighted_ce class weights (inverse_log_frequency" in log and "marine_debris=" in log
+    assert "options.confidence weighs labelled pixels by _conf.tif level: high 1, moderate 0.5, low 0.25" in log
+    assert len(res["extra"]["test"]["iou_per_class"]) == 15 and res["metric"] == "val_miou"
+
+
 @pytest.mark.parametrize("value,needle", [("sure", "'sure' is not one of all, moderate, high"),
                                           ("high", "without <id>_conf.tif")])
 def test_preflight_checks_the_confidence_option(tmp_path, value, needle):

@@ -29,7 +29,7 @@ from hpcseg.spec import (
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = ["microbead_optimized", "microbead_mitochondria", "ssmu_net_overnight", "marida_se_unet",
-           "marida_attention_unet", "ham10000_comparison"]
+           "marida_attention_unet", "marida_multiclass", "ham10000_comparison"]
 
 MINIMAL = textwrap.dedent("""\
     name: tiny
