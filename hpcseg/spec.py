@@ -828,6 +828,10 @@ def _format_errors(exc: ValidationError, fname: str, lines: dict[tuple, int], or
             out.append(f"{where}: {path}: unknown key{_suggest(str(loc[-1]), _model_at(loc))}")
             continue
         msg = err["msg"].removeprefix("Value error, ")
+        field_first = _FIELD_FIRST.match(msg) if not loc else None
+        if field_first:  # a whole-job check whose message names its field: point at that field's line
+            loc = tuple(field_first.group(1).split("."))
+            where, path, msg = _where(loc, fname, lines, origins), field_first.group(1), field_first.group(2)
         if err["type"] == "missing":
             msg = "required but missing"
         given = err.get("input")
@@ -836,6 +840,9 @@ def _format_errors(exc: ValidationError, fname: str, lines: dict[tuple, int], or
             shown = ""
         out.append(f"{where}: {path}: {msg}{shown}")
     return out
+
+
+_FIELD_FIRST = re.compile(r"((?:workload|training|resources|container|collection)(?:\.[a-z_]+)+): (.+)", re.DOTALL)
 
 
 def _where(loc: tuple, fname: str, lines: dict[tuple, int], origins: dict[tuple, str]) -> str:
