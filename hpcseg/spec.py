@@ -139,7 +139,7 @@ class SplitSpec(Strict):
 
 LossName = Literal["dice", "focal", "ce", "weighted_ce"]
 # How weighted_ce weighs the classes when the job gives no list: 1/frequency normalised to mean 1, or
-# MARIDA's 1 / ln(c + frequency) (its semantic_segmentation/unet code, c = 1.03), both from training pixels.
+# ENet's 1 / ln(c + frequency) (the marine-debris benchmark's own code uses c = 1.03), both from training pixels.
 CLASS_WEIGHT_SCHEMES = ("inverse_frequency", "inverse_log_frequency")
 
 
@@ -179,7 +179,7 @@ class LossSpec(Strict):
     class_weight_clip: tuple[Float, Float] | None = None
     class_weights: Annotated[str | tuple[float, ...], BeforeValidator(_class_weights_value)] = Field(
         "inverse_frequency", description="weighted_ce's class weights: inverse_frequency, inverse_log_frequency "
-                                         "(MARIDA's 1/ln(c + f)) or a list of one weight per class.")
+                                         "(1/ln(c + f)) or a list of one weight per class.")
     class_weight_c: Float = Field(1.03, gt=1.0, le=100.0, description="c of inverse_log_frequency.")
 
     @model_validator(mode="before")

@@ -7,7 +7,7 @@ the whole batch (``batch=True``), as the seed's Keras dice did, so an image with
 produce a meaningless per-image ratio.
 
 Weights: weighted_ce's class weights come from the job (a list, or a scheme over the training pixels:
-:func:`resolve_class_weights`); a source may add a per-pixel weight map (e.g. MARIDA's annotation
+:func:`resolve_class_weights`); a source may add a per-pixel weight map (e.g. a dataset's annotation
 confidence), which scales each pixel's term in ce, weighted_ce and focal (:data:`PIXEL_WEIGHTED`).
 """
 
@@ -48,8 +48,9 @@ def class_weights(counts: np.ndarray, clip: tuple[float, float] | None = None) -
 
 
 def log_class_weights(counts: np.ndarray, c: float = 1.03, clip: tuple[float, float] | None = None) -> np.ndarray:
-    """MARIDA's ``1 / ln(c + f)`` (f: the class's share of the labelled training pixels): bounded by
-    1/ln(c) for a vanishing class, so rare classes are lifted far less steeply than by 1/f."""
+    """ENet's ``1 / ln(c + f)``, as the marine-debris benchmark's code weighs (f: the class's share of the
+    labelled training pixels): bounded by 1/ln(c) for a vanishing class, so rare classes are lifted far less
+    steeply than by 1/f."""
     counts = np.asarray(counts, dtype=np.float64)
     freq = counts / counts.sum() if counts.sum() > 0 else np.zeros_like(counts)
     w = 1.0 / np.log(c + freq)
