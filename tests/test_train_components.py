@@ -120,6 +120,8 @@ def test_tensor_source_yields_weights_beside_the_target():
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(plain, same, strict=True))
     with pytest.raises(ValueError, match="pixel weights of shape"):
         TensorSource(spec, ["a"], torch.randn(1, 1, 8, 8), y[:1], torch.device("cpu"), w[:1, :4])
+    with pytest.raises(TypeError, match="override weighted_batches instead"):
+        type("OnlyBatches", (TensorSource,), {"batches": lambda self, *a, **k: iter(())})
 
 
 def test_color_jitter_changes_rgb_and_leaves_labels():

@@ -126,6 +126,13 @@ class TensorSource(Source):
     overrides :meth:`weighted_batches` (``batches`` is that without the weights).
     """
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        # The trainer reads weighted_batches; a subclass that changed only batches would be silently skipped.
+        super().__init_subclass__(**kwargs)
+        if "batches" in vars(cls) and "weighted_batches" not in vars(cls):
+            raise TypeError(f"{cls.__name__} overrides TensorSource.batches; override weighted_batches instead "
+                            f"(batches is weighted_batches without the weights)")
+
     def __init__(self, spec: JobSpec, names: list[str], x: Tensor, y: Tensor, device: torch.device,
                  w: Tensor | None = None):
         if len(names) != x.shape[0] or x.shape[0] != y.shape[0]:
