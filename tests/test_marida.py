@@ -295,6 +295,26 @@ def test_preflight_checks_confidence_weights(tmp_path, value, needle):
     assert problems[0].where.startswith("workload.models.se_unet.options.confidence")
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.dictionaries(st.sampled_from(["high", "moderate", "low", "sure", "none"]),
+                       st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-1, 3), st.booleans(), st.text(max_size=3)),
+                       max_size=5))
+def test_confidence_weight_mappings_are_accepted_or_refused_in_one_line(value):
+    from hpcseg.errors import HpcsegError
+    from hpcseg.workloads.marida.layout import confidence_weights
+
+    field = "workload.models.m.options.confidence"
+    good = (set(value) == {"high", "moderate", "low"}
+            and all(isinstance(w, float) and np.isfinite(w) and w >= 0 for w in value.values())
+            and any(w > 0 for w in value.values()))
+    if good:
+        assert confidence_weights(value, field) == {1: value["high"], 2: value["moderate"], 3: value["low"]}
+        return
+    with pytest.raises(HpcsegError) as info:
+        confidence_weights(value, field)
+    assert info.value.message.startswith(field) and "\n" not in info.value.message
+
+
 def test_preflight_warns_that_dice_is_not_weighted(tmp_path):
     from hpcseg.preflight import run_preflight
     from hpcseg.spec import with_absolute_paths
