@@ -138,6 +138,37 @@ class SplitSpec(Strict):
 
 
 LossName = Literal["dice", "focal", "ce", "weighted_ce"]
+# How weighted_ce weighs the classes when the job gives no list: 1/frequency normalised to mean 1, or
+# ENet's 1 / ln(c + frequency) (the marine-debris benchmark's own code uses c = 1.03), both from training pixels.
+CLASS_WEIGHT_SCHEMES = ("inverse_frequency", "inverse_log_frequency")
+
+
+def _class_weights_value(v: Any) -> Any:
+    """A scheme name or a list of positive finite weights (one per class; the count is checked in JobSpec)."""
+    if isinstance(v, str):
+        if v not in CLASS_WEIGHT_SCHEMES:
+            raise ValueError(f"{v!r} is not one of {', '.join(CLASS_WEIGHT_SCHEMES)}, or a list of one positive "
+                             f"weight per class")
+        return v
+    if isinstance(v, list | tuple):
+        out = []
+        for i, w in enumerate(v):
+            try:
+                checked = real_number(w)  # booleans and NaN/infinity refused in the words of every number
+            except ValueError as exc:
+                raise ValueError(f"weight {i}: {exc}") from None
+            try:
+                value = float(checked)
+            except (TypeError, ValueError):
+                raise ValueError(f"weight {i} is {w!r}, not a number") from None
+            if value <= 0:
+                raise ValueError(f"weight {i} is {w!r}; every class weight must be a number above 0")
+            out.append(value)
+        if not out:
+            raise ValueError("an empty list; give one positive weight per class, or a scheme name")
+        return tuple(out)
+    raise ValueError(f"expected {' or '.join(CLASS_WEIGHT_SCHEMES)}, or a list of one positive weight per class, "
+                     f"got {v!r}")
 
 
 class LossSpec(Strict):
@@ -146,6 +177,10 @@ class LossSpec(Strict):
     focal_gamma: Float = Field(2.0, ge=0.0, le=10.0)
     label_smoothing: Fraction = 0.0
     class_weight_clip: tuple[Float, Float] | None = None
+    class_weights: Annotated[str | tuple[float, ...], BeforeValidator(_class_weights_value)] = Field(
+        "inverse_frequency", description="weighted_ce's class weights: inverse_frequency, inverse_log_frequency "
+                                         "(1/ln(c + f)) or a list of one weight per class.")
+    class_weight_c: Float = Field(1.03, gt=1.0, le=100.0, description="c of inverse_log_frequency.")
 
     @model_validator(mode="before")
     @classmethod
@@ -163,6 +198,17 @@ class LossSpec(Strict):
         if not v:
             raise ValueError("name at least one loss, e.g. {dice: 1.0}")
         return v
+
+    @model_validator(mode="after")
+    def _class_weights_used(self) -> LossSpec:
+        # A weight that nothing reads is a setting the user believes in but that does nothing.
+        # (by value, not by fields set: a dumped and re-validated spec sets every field)
+        if self.class_weights != "inverse_frequency" and "weighted_ce" not in self.components:
+            raise ValueError("class_weights: only the weighted_ce component uses class weights; add weighted_ce to "
+                             "training.loss.components or drop class_weights")
+        if isinstance(self.class_weights, tuple) and self.class_weight_clip is not None:
+            raise ValueError("class_weight_clip clips computed weights; with a list of class_weights drop it")
+        return self
 
 
 class AugmentationSpec(Strict):
@@ -389,6 +435,15 @@ class JobSpec(Strict):
             raise ValueError(f"training.batch_size {self.training.batch_size} does not divide over the "
                              f"{world} training processes (resources.nodes x processes per node); the batch "
                              f"is global, so make it a multiple of {world}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_class_weight_per_class(self) -> JobSpec:
+        given = self.training.loss.class_weights
+        k = self.workload.dataset.num_classes
+        if isinstance(given, tuple) and len(given) != k:
+            raise ValueError(f"training.loss.class_weights: {len(given)} weight(s) for {k} classes "
+                             f"(workload.dataset.num_classes); give one per class, in class order")
         return self
 
     @property
@@ -773,6 +828,10 @@ def _format_errors(exc: ValidationError, fname: str, lines: dict[tuple, int], or
             out.append(f"{where}: {path}: unknown key{_suggest(str(loc[-1]), _model_at(loc))}")
             continue
         msg = err["msg"].removeprefix("Value error, ")
+        field_first = _FIELD_FIRST.match(msg) if not loc else None
+        if field_first:  # a whole-job check whose message names its field: point at that field's line
+            loc = tuple(field_first.group(1).split("."))
+            where, path, msg = _where(loc, fname, lines, origins), field_first.group(1), field_first.group(2)
         if err["type"] == "missing":
             msg = "required but missing"
         given = err.get("input")
@@ -781,6 +840,9 @@ def _format_errors(exc: ValidationError, fname: str, lines: dict[tuple, int], or
             shown = ""
         out.append(f"{where}: {path}: {msg}{shown}")
     return out
+
+
+_FIELD_FIRST = re.compile(r"((?:workload|training|resources|container|collection)(?:\.[a-z_]+)+): (.+)", re.DOTALL)
 
 
 def _where(loc: tuple, fname: str, lines: dict[tuple, int], origins: dict[tuple, str]) -> str:

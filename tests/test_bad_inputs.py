@@ -291,6 +291,16 @@ CASES: list[Case] = [
     Case("dropout-above-1", ("render", "job.yaml"), 2, SPEC_FIRST,
          "job.yaml:6: workload.models.0.dropout: Input should be less than or equal to 1 (got 1.5)",
          setup=edited(("dropout: 0.1", "dropout: 1.5"))),
+    Case("class-weights-wrong-count", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:13: training.loss.class_weights: 3 weight(s) for 2 classes (workload.dataset.num_classes); "
+         "give one per class, in class order",
+         setup=edited(("  optimizer: adam\n", "  optimizer: adam\n  loss: {components: {weighted_ce: 1.0}, "
+                                                "class_weights: [1.0, 2.0, 3.0]}\n"))),
+    Case("class-weights-without-weighted-ce", ("render", "job.yaml"), 2, SPEC_FIRST,
+         "job.yaml:13: training.loss: class_weights: only the weighted_ce component uses class weights; add "
+         "weighted_ce to training.loss.components or drop class_weights",
+         setup=edited(("  optimizer: adam\n", "  optimizer: adam\n  loss: {components: {dice: 1.0}, "
+                                                "class_weights: inverse_log_frequency}\n"))),
     Case("empty-job-file", ("render", "job.yaml"), 2,
          "hpcseg render: job.yaml: the file is empty; a job needs name, workload, training and resources",
          setup=with_text("")),

@@ -66,5 +66,5 @@ def test_jobs_lists_every_shipped_job(tmp_path: Path) -> None:
                           timeout=60)
     assert proc.returncode == 0
     names = [line.split()[0] for line in proc.stdout.splitlines()]
-    assert names == sorted(names) and len(names) == 6
+    assert names == sorted(names) and len(names) == 7
     assert "microbead_optimized" in names and "INVALID" not in proc.stdout

@@ -253,6 +253,77 @@ def test_confidence_option_is_checked(tmp_path):
         build(quick("marida_se_unet", tmp_path, "workload.models.se_unet.options={confidence: sure}"), torch.device("cpu"))
 
 
+WEIGHTS = "workload.models.se_unet.options={confidence: {high: 1.0, moderate: 0.5, low: 0.25}}"
+
+
+def test_confidence_weights_weigh_pixels_by_level(tmp_path):
+    """A weight mapping keeps every labelled pixel and gives it its level's weight; weight 0 drops a level
+    (as the filter does); unlabelled pixels stay ignored."""
+    from hpcseg.workloads.marida.train import build
+
+    codes = np.ones((32, 32), np.uint8)
+    codes[:, :4] = 0                                                          # an unlabelled strip
+    conf = np.repeat(np.array([1, 2, 3, 0]), 8)[:, None].repeat(32, axis=1)   # rows: high, moderate, low, none
+    _codes_tile(tmp_path, codes, conf)
+    src = build(quick("marida_se_unet", tmp_path, WEIGHTS), torch.device("cpu"))
+    assert src.has_pixel_weights() and src.w.shape == src.y.shape
+    y, w = src.y[0].long().numpy(), src.w[0].float().numpy()
+    assert (y[:, 4:] == 1).all() and (y[:, :4] == -1).all()                   # nothing dropped by the weights
+    np.testing.assert_array_equal(w[:, 4], np.repeat([1.0, 0.5, 0.25, 1.0], 8))  # level 0 (none given) weighs 1
+    drop_low = build(quick("marida_se_unet", tmp_path, WEIGHTS.replace("low: 0.25", "low: 0")), torch.device("cpu"))
+    assert (drop_low.y[0, 16:24].long() == -1).all() and (drop_low.y[0, :16, 4:] == 1).all()
+    plain = build(quick("marida_se_unet", tmp_path), torch.device("cpu"))
+    assert not plain.has_pixel_weights()
+
+
+@pytest.mark.parametrize("value,needle", [
+    ("{high: 1, moderate: 0.5}", "options.confidence: no weight for low"),
+    ("{high: 1, moderate: 0.5, low: 0.2, sure: 2}", "options.confidence: unknown level(s) sure"),
+    ("{high: 1, moderate: -0.5, low: 0.2}", "options.confidence.moderate: -0.5 is not a weight"),
+    ("{high: 1, moderate: yes, low: 0.2}", "options.confidence.moderate: True is not a weight"),
+    ("{high: 0, moderate: 0, low: 0}", "options.confidence: every weight is 0"),
+])
+def test_preflight_checks_confidence_weights(tmp_path, value, needle):
+    from hpcseg.preflight import run_preflight
+    from hpcseg.spec import with_absolute_paths
+
+    root = _synth(tmp_path / "d", n=5)
+    spec = with_absolute_paths(quick("marida_se_unet", root, f"workload.models.se_unet.options={{confidence: {value}}}"))
+    problems = [p for p in run_preflight(spec) if p.severity == "error"]
+    assert len(problems) == 1 and "\n" not in str(problems[0]), problems
+    assert needle in f"{problems[0].where}: {problems[0].message}", problems   # the field, then what to do
+    assert problems[0].where.startswith("workload.models.se_unet.options.confidence")
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.dictionaries(st.sampled_from(["high", "moderate", "low", "sure", "none"]),
+                       st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-1, 3), st.booleans(), st.text(max_size=3)),
+                       max_size=5))
+def test_confidence_weight_mappings_are_accepted_or_refused_in_one_line(value):
+    from hpcseg.errors import HpcsegError
+    from hpcseg.workloads.marida.layout import confidence_weights
+
+    field = "workload.models.m.options.confidence"
+    good = (set(value) == {"high", "moderate", "low"}
+            and all(isinstance(w, float) and np.isfinite(w) and w >= 0 for w in value.values())
+            and any(w > 0 for w in value.values()))
+    if good:
+        assert confidence_weights(value, field) == {1: value["high"], 2: value["moderate"], 3: value["low"]}
+        return
+    with pytest.raises(HpcsegError) as info:
+        confidence_weights(value, field)
+    assert info.value.message.startswith(field) and "\n" not in info.value.message
+
+
+def test_preflight_warns_that_dice_is_not_weighted(tmp_path):
+    from hpcseg.preflight import run_preflight
+    from hpcseg.spec import with_absolute_paths
+
+    root = _synth(tmp_path / "d", n=5)
+    problems = run_preflight(with_absolute_paths(quick("marida_se_unet", root, WEIGHTS)))
+    assert [p.severity for p in problems] == ["warning"] and "dice counts every labelled pixel once" in problems[0].message
+
+
 # --------------------------------------------------------------------------------- end to end
 
 
@@ -288,6 +359,39 @@ def test_training_tunes_threshold_and_tests_once(tmp_path, job, model, sets):
         assert set(test["metrics"]) == {"jaccard", "dice", "precision", "recall", "jaccard_soft"}
         assert test["at_threshold"]["threshold"] == pytest.approx(thr["best_threshold"])
         assert (out / "eval" / "threshold.csv").is_file() and (out / "eval" / "threshold.png").is_file()
+
+
+def test_multiclass_job_trains_with_class_and_confidence_weights(tmp_path):
+    """The shipped multi-class job on synthetic tiles, pixels weighted by confidence: the class weights are
+    MARIDA's 1/ln(1.03 + f) of the training pixels, logged and in result.json, as is where the pixel
+    weights went; the test split is evaluated over the 15 classes."""
+    import json
+
+    from hpcseg.cli import main
+
+    root = _synth(tmp_path / "d", n=10)
+    out = tmp_path / "task"
+    sets = ["training.epochs=2", WEIGHTS]
+    rc = main(["train", str(JOBS / "marida_multiclass.yaml"), "--profile", "quick", "--model", "se_unet", "--out",
+               str(out), "--set", f"workload.dataset.root={root}", *(x for s in sets for x in ("--set", s))])
+    log = (out / "train.log").read_text()
+    assert rc == 0, log
+    res = json.loads((out / "result.json").read_text())
+    loss = res["loss"]
+    assert loss["class_weight_scheme"].startswith("inverse_log_frequency") and len(loss["class_weights"]) == 15
+    assert loss["pixel_weights"] == {"applied_to": ["weighted_ce"], "not_applied_to": []}
+    # the weights are 1/ln(1.03 + f) over the training split's labelled pixels
+    from hpcseg.splits import read_splits
+    from hpcseg.workloads.marida.train import build
+
+    src = build(quick("marida_multiclass", root, WEIGHTS), torch.device("cpu"))
+    train = read_splits(out / "splits.json")["folds"][0]["train"]
+    idx = np.array([src.names().index(n) for n in train])
+    counts = src.class_counts(idx).astype(float)
+    np.testing.assert_allclose(loss["class_weights"], 1 / np.log(1.03 + counts / counts.sum()), rtol=1e-9)
+    assert "loss: weighted_ce class weights (inverse_log_frequency" in log and "marine_debris=" in log
+    assert "options.confidence weighs labelled pixels by _conf.tif level: high 1, moderate 0.5, low 0.25" in log
+    assert len(res["extra"]["test"]["iou_per_class"]) == 15 and res["metric"] == "val_miou"
 
 
 @pytest.mark.parametrize("value,needle", [("sure", "'sure' is not one of all, moderate, high"),

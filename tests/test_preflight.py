@@ -506,6 +506,7 @@ SHIPPED = {
     "microbead_mitochondria": (lambda r: write_microbead(r, n=10), ["--set", "workload.dataset.expected_count=10"]),
     "marida_se_unet": (lambda r: write_marida(r, n=6), []),
     "marida_attention_unet": (lambda r: write_marida(r, n=6), []),
+    "marida_multiclass": (lambda r: write_marida(r, n=6), []),
     "ssmu_net_overnight": (lambda r: write_hyperspectral(r, n=3, size=40, bands=16), []),
     "ham10000_comparison": (lambda r: write_ham10000(r, n=14), []),
 }

@@ -29,7 +29,7 @@ from hpcseg.spec import (
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = ["microbead_optimized", "microbead_mitochondria", "ssmu_net_overnight", "marida_se_unet",
-           "marida_attention_unet", "ham10000_comparison"]
+           "marida_attention_unet", "marida_multiclass", "ham10000_comparison"]
 
 MINIMAL = textwrap.dedent("""\
     name: tiny
@@ -520,3 +520,24 @@ def test_loaded_job_says_where_each_field_came_from(tmp_path: Path) -> None:
     assert loaded.where("workload.models.0.dropout") == "--set workload.models.a.dropout=0.1"
     assert loaded.where("training.early_stopping.patience") == f"{tmp_path / 'job.yaml'}:15 (profile p)"
     assert loaded.where("training.lr") == f"{tmp_path / 'job.yaml'}:10"
+
+
+# --------------------------------------------------------------------------------------------- class weights
+
+@settings(max_examples=60, deadline=None)
+@given(num_classes=st.integers(2, 20),
+       weights=st.lists(st.floats(min_value=-5, max_value=50, allow_nan=False), min_size=1, max_size=22))
+def test_class_weights_are_one_positive_weight_per_class(specdir: Path, num_classes: int, weights: list[float]) -> None:
+    """Any list is accepted exactly when it has num_classes weights, all above 0; otherwise one line names
+    training.loss.class_weights and says what to give."""
+    path = write(specdir, MINIMAL, "cw.yaml")
+    sets = [f"workload.dataset.num_classes={num_classes}", "training.loss={components: {weighted_ce: 1.0}}",
+            f"training.loss.class_weights={weights!r}"]
+    good = len(weights) == num_classes and all(w > 0 for w in weights)
+    if good:
+        assert list(load_job(path, overrides=sets).spec.training.loss.class_weights) == pytest.approx(weights)
+        return
+    summary, *lines = problems_of(path, overrides=sets)
+    assert summary.endswith("1 problem(s) in the job") and len(lines) == 1, lines
+    assert "training.loss.class_weights: " in lines[0] and "\n" not in lines[0], lines
+    assert ("above 0" in lines[0]) if any(w <= 0 for w in weights) else f"for {num_classes} classes" in lines[0]

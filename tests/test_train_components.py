@@ -86,6 +86,44 @@ def test_augment_moves_image_and_mask_together_and_is_a_pure_function():
     assert not torch.equal(yc, augment(x, y, AugmentationSpec(rot90=True, hflip=True), rng_for(1, 2, 3, 1))[1])
 
 
+@pytest.mark.parametrize("aug", [AugmentationSpec(hflip=True, vflip=True, rot90=True),
+                                 AugmentationSpec(hflip=True, vflip=True, rotate_degrees=30)])
+def test_pixel_weights_move_exactly_with_the_target(aug):
+    """augment_weighted: x and y as augment makes them (same draws), and every weight stays on its label
+    (w is a function of the pixel's label and position class, so any slip between the two shows)."""
+    from hpcseg.train.source import augment, augment_weighted, rng_for
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (6, 32, 32), generator=g)
+    w = torch.tensor([1.0, 0.5, 0.25])[y]                      # weight determined by the label
+    x = torch.randn(6, 2, 32, 32, generator=g)
+    xa, ya, wa = augment_weighted(x, y, w, aug, rng_for(3, 1, 2, 1))
+    xb, yb = augment(x, y, aug, rng_for(3, 1, 2, 1))
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert torch.equal(wa, torch.tensor([1.0, 0.5, 0.25])[ya])  # no weight left its label
+    assert not torch.equal(wa, w)
+
+
+def test_tensor_source_yields_weights_beside_the_target():
+    from hpcseg.train.source import TensorSource
+
+    spec = spec_for(augmentation={"hflip": True, "rot90": True})
+    y = torch.randint(0, 2, (5, 8, 8), dtype=torch.int8)
+    w = torch.where(y == 1, 0.5, 1.0).to(torch.float16)
+    src = TensorSource(spec, [f"i{i}" for i in range(5)], torch.randn(5, 1, 8, 8), y, torch.device("cpu"), w)
+    assert src.has_pixel_weights()
+    for train in (True, False):
+        for _x, yb, wb in src.weighted_batches(np.arange(5), 2, train=train, epoch=1, seed=3):
+            assert wb.dtype == torch.float32 and torch.equal(wb, torch.where(yb == 1, 0.5, 1.0))
+    plain = [(x, yb) for x, yb in src.batches(np.arange(5), 2, train=True, epoch=1, seed=3)]
+    same = [(x, yb) for x, yb, _ in src.weighted_batches(np.arange(5), 2, train=True, epoch=1, seed=3)]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(plain, same, strict=True))
+    with pytest.raises(ValueError, match="pixel weights of shape"):
+        TensorSource(spec, ["a"], torch.randn(1, 1, 8, 8), y[:1], torch.device("cpu"), w[:1, :4])
+    with pytest.raises(TypeError, match="override weighted_batches instead"):
+        type("OnlyBatches", (TensorSource,), {"batches": lambda self, *a, **k: iter(())})
+
+
 def test_color_jitter_changes_rgb_and_leaves_labels():
     from hpcseg.train.source import augment, rng_for
 
@@ -229,6 +267,104 @@ def test_weighted_ce_uses_clipped_inverse_frequency():
     assert math.isclose(float(loss(logits, y)), (w[0] * l0 + w[1] * l1) / (w[0] + w[1]), rel_tol=1e-5)
     with pytest.raises(ValueError, match="class counts"):
         build_loss(spec)
+
+
+@pytest.mark.parametrize("task,name", [("binary_segmentation", "ce"), ("binary_segmentation", "focal"),
+                                       ("multiclass_segmentation", "ce"), ("multiclass_segmentation", "focal"),
+                                       ("multiclass_segmentation", "weighted_ce"), ("classification", "ce")])
+def test_a_pixel_of_weight_half_counts_half(task, name):
+    """loss(logits, y, w) == sum(w·l)/sum(w) by hand, l from torch's own per-pixel loss; weight 1 everywhere
+    is the unweighted loss; an ignored pixel stays out whatever its weight."""
+    import torch.nn.functional as F
+
+    from hpcseg.train.losses import build_loss
+
+    g = torch.Generator().manual_seed(1)
+    k = 2 if task == "binary_segmentation" else 3
+    shape = (2, 4, 4) if task != "classification" else (6,)
+    y = torch.randint(0, k, shape, generator=g)
+    y.view(-1)[0] = -1                                            # one ignored pixel
+    channels = 1 if task == "binary_segmentation" else k
+    logits = torch.randn(shape[0], channels, *shape[1:], generator=g)
+    w = torch.ones(shape)
+    w.view(-1)[1::3] = 0.5
+    w.view(-1)[0] = 7.0                                           # ignored: its weight must not matter
+    counts = np.array([5, 3, 2])
+    spec = spec_for(task=task, loss={"components": {name: 1.0}, "focal_alpha": None, "focal_gamma": 2.0})
+    loss = build_loss(spec, counts if name == "weighted_ce" else None)
+    valid = y >= 0
+    t = y.clamp_min(0)
+    if task == "binary_segmentation":
+        bce = F.binary_cross_entropy_with_logits(logits[:, 0], t.float(), reduction="none")
+        per = bce if name == "ce" else (1 - torch.exp(-bce)) ** 2 * bce
+        cw = torch.ones(2)
+    else:
+        logp = F.log_softmax(logits, dim=1)
+        ce = -logp.gather(1, t[:, None])[:, 0]
+        per = ce if name != "focal" else (1 - torch.exp(-ce)) ** 2 * ce
+        cw = torch.as_tensor(loss.class_weights, dtype=torch.float32) if name == "weighted_ce" else torch.ones(k)
+    ww = valid.float() * w * cw[t]
+    expect = float((per * ww).sum() / ww.sum())
+    assert math.isclose(float(loss(logits, y, w)), expect, rel_tol=1e-5)
+    ones = torch.ones(shape)
+    assert math.isclose(float(loss(logits, y, ones)), float(loss(logits, y)), rel_tol=1e-5)
+    # one pixel's share: at weight 0.5 exactly half its share at weight 1 (same denominators apart)
+    j = int(valid.view(-1).nonzero()[1])
+    halves = ones.clone()
+    halves.view(-1)[j] = 0.5
+    pj, cj = float(per.view(-1)[j]), float(cw[t.view(-1)[j]])
+    rest = float((per * valid * cw[t]).sum()) - pj * cj
+    den = float((valid * cw[t]).sum())
+    assert math.isclose(float(loss(logits, y, halves)), (rest + 0.5 * pj * cj) / (den - 0.5 * cj), rel_tol=1e-5)
+
+
+def test_dice_ignores_pixel_weights():
+    from hpcseg.train.losses import build_loss
+
+    y = _binary_target()
+    logits = torch.randn(2, 1, 8, 8)
+    dice = build_loss(spec_for(loss="dice"))
+    assert float(dice(logits, y, torch.rand(2, 8, 8))) == float(dice(logits, y))
+
+
+def test_class_weights_from_the_job_or_a_named_scheme():
+    from hpcseg.train.losses import build_loss, log_class_weights, needs_class_counts
+
+    counts = np.array([80, 15, 5])
+    mc = {"task": "multiclass_segmentation"}
+    given = spec_for(**mc, loss={"components": {"weighted_ce": 1.0}, "class_weights": [1.0, 2.0, 4.0]})
+    assert not needs_class_counts(given)
+    assert build_loss(given).class_weights == [1.0, 2.0, 4.0]     # no counts needed
+    marida = spec_for(**mc, loss={"components": {"weighted_ce": 1.0}, "class_weights": "inverse_log_frequency"})
+    assert needs_class_counts(marida)
+    expect = [1 / math.log(1.03 + f) for f in (0.80, 0.15, 0.05)]
+    np.testing.assert_allclose(build_loss(marida, counts).class_weights, expect, rtol=1e-6)
+    np.testing.assert_allclose(log_class_weights(counts, 1.5), [1 / math.log(1.5 + f) for f in (0.8, 0.15, 0.05)])
+    default = spec_for(**mc, loss="weighted_ce")
+    inv = np.array([1 / 0.80, 1 / 0.15, 1 / 0.05])
+    np.testing.assert_allclose(build_loss(default, counts).class_weights, inv / inv.mean(), rtol=1e-9)
+    logits, y = torch.zeros(1, 3, 1, 2), torch.tensor([[[0, 2]]])
+    logits[0, 2, 0, 1] = 3.0
+    l0, l2 = math.log(3), -3.0 + math.log(math.exp(3.0) + 2)
+    assert math.isclose(float(build_loss(given)(logits, y)), (1 * l0 + 4 * l2) / 5, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("loss,needle", [
+    ({"components": {"weighted_ce": 1.0}, "class_weights": [1.0, 2.0]},
+     "training.loss.class_weights: 2 weight(s) for 3 classes (workload.dataset.num_classes)"),
+    ({"components": {"weighted_ce": 1.0}, "class_weights": [1.0, -2.0, 1.0]}, "weight 1 is -2.0"),
+    ({"components": {"weighted_ce": 1.0}, "class_weights": [1.0, True, 1.0]}, "weight 1: expected a number, not true"),
+    ({"components": {"weighted_ce": 1.0}, "class_weights": "balanced"}, "'balanced' is not one of"),
+    ({"components": {"dice": 1.0}, "class_weights": [1.0, 2.0, 3.0]}, "only the weighted_ce component"),
+    ({"components": {"weighted_ce": 1.0}, "class_weights": [1.0, 2.0, 3.0], "class_weight_clip": [0.5, 2]},
+     "class_weight_clip clips computed weights"),
+])
+def test_bad_class_weights_are_refused_naming_the_field(loss, needle):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="class_weight") as info:
+        spec_for(task="multiclass_segmentation", loss=loss)
+    assert needle in str(info.value)
 
 
 def test_multiclass_dice_perfect_is_zero():

@@ -110,7 +110,7 @@ def interrupting_build(spec, device):
     from hpcseg.workloads.microbead.train import build
 
     src = build(spec, device)
-    batches = src.batches
+    batches = src.weighted_batches  # what the trainer reads (plain batches are it without the pixel weights)
 
     def wrapped(indices, batch_size, *, train, epoch, seed, start_batch=0):
         for b, item in enumerate(batches(indices, batch_size, train=train, epoch=epoch, seed=seed,
@@ -120,7 +120,7 @@ def interrupting_build(spec, device):
                 os.kill(os.getpid(), signal.SIGUSR1)
             yield item
 
-    src.batches = wrapped
+    src.weighted_batches = wrapped
     return src
 
 

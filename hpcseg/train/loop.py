@@ -127,7 +127,7 @@ class Trainer:
     def setup(self) -> None:
         """Device, data, split, model, optimizer, loss and early stopping."""
         from hpcseg.splits import ensure_splits, fold_indices
-        from hpcseg.train.losses import build_loss
+        from hpcseg.train.losses import build_loss, needs_class_counts
         from hpcseg.train.metrics import columns
         from hpcseg.train.models import build_model, count_parameters
         from hpcseg.train.source import build as build_source
@@ -186,12 +186,37 @@ class Trainer:
             model = DistributedDataParallel(model, device_ids=[device.index] if self.cuda else None)
         self.model = model
         self.optimizer = make_optimizer(torch, model.parameters(), tr, device)
-        counts = source.class_counts(self.train_idx) if "weighted_ce" in tr.loss.components else None
+        counts = source.class_counts(self.train_idx) if needs_class_counts(spec) else None
         self.loss_fn = build_loss(spec, counts)
+        self.log_loss_weights(source)
         self.es = info["es"] = EarlyStopping(spec.collection.mode, tr.early_stopping.patience,
                                              tr.early_stopping.min_delta)
         self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda and tr.mixed_precision
                     else nullcontext())
+
+    def log_loss_weights(self, source) -> None:
+        """What weighs the loss, in train.log and result.json (``loss``): weighted_ce's class weights and
+        whether the source gives pixel weights, and to which components they apply."""
+        cfg, names = self.tr.loss, self.spec.workload.dataset.class_names
+        out: dict[str, Any] = {}
+        if self.loss_fn.class_weights is not None:
+            scheme = "given in the job" if not isinstance(cfg.class_weights, str) else cfg.class_weights
+            if cfg.class_weights == "inverse_log_frequency":
+                scheme += f" (1/ln({cfg.class_weight_c:g} + f))"
+            out.update(class_weights=self.loss_fn.class_weights, class_weight_scheme=scheme)
+            shown = ", ".join(f"{names[i] if names and i < len(names) else i}={w:.4g}"
+                              for i, w in enumerate(self.loss_fn.class_weights))
+            log.info("loss: weighted_ce class weights (%s): %s", scheme, shown)
+        if source.has_pixel_weights():
+            from hpcseg.train.losses import PIXEL_WEIGHTED
+
+            applied = [c for c in cfg.components if c in PIXEL_WEIGHTED]
+            out["pixel_weights"] = {"applied_to": applied,
+                                    "not_applied_to": [c for c in cfg.components if c not in PIXEL_WEIGHTED]}
+            log.info("loss: per-pixel weights from the data apply to %s%s", ", ".join(applied) or "no component",
+                     "; dice counts every labelled pixel once" if "dice" in cfg.components else "")
+        if out:
+            self.info["loss"] = out
 
     def resume(self) -> Outcome | None:
         """Restore the newest readable checkpoint and heal history.csv to match it; an Outcome when the
@@ -267,8 +292,8 @@ class Trainer:
         progress = _Progress(n_batches) if sys.stdout.isatty() and self.is_main else None
         self.model.train()
         last_batch_time = time.time()
-        for b, (x, y, weight) in enumerate(self.train_batches(epoch, first), start=first):
-            loss, n = self.train_step(epoch, b, x, y, weight)
+        for b, (x, y, pixel_weight, weight) in enumerate(self.train_batches(epoch, first), start=first):
+            loss, n = self.train_step(epoch, b, x, y, weight, pixel_weight)
             loss_sum += loss
             seen += n
             nonfinite = (b + 1) % check_every == 0 and not math.isfinite(float(loss_sum))
@@ -304,10 +329,11 @@ class Trainer:
             raise Diverged(f"train loss became {self.train_loss} in epoch {epoch}")
         return None
 
-    def train_step(self, epoch: int, b: int, x, y, weight: float = 1.0) -> tuple[Any, int]:
+    def train_step(self, epoch: int, b: int, x, y, weight: float = 1.0, pixel_weight=None) -> tuple[Any, int]:
         """One optimiser step; returns (loss × items as a float64 device tensor, items). ``weight`` scales
         the gradient so that the ranks' average is the global batch's mean (1.0 except for a short last
-        batch; 0.0 for a rank whose slice is empty and that trains on a stand-in item)."""
+        batch; 0.0 for a rank whose slice is empty and that trains on a stand-in item). ``pixel_weight``:
+        the source's per-pixel loss weights (hpcseg/train/source.py), or None."""
         from hpcseg.train.source import batch_seed
 
         torch = self.torch
@@ -316,7 +342,7 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.amp:
             logits = self.model(x)
-        loss = self.loss_fn(logits, y)
+        loss = self.loss_fn(logits, y, pixel_weight)
         if self.train_soft is not None and weight:
             self.train_soft.update(logits.detach(), y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -337,13 +363,13 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         seen = 0
         with torch.inference_mode():
-            for x, y in self.val_batches():
+            for x, y, pixel_weight in self.val_batches():
                 if self.channels_last and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with self.amp:
                     logits = model(x)
                 logits = logits.float()
-                loss_sum += self.loss_fn(logits, y).double() * x.shape[0]
+                loss_sum += self.loss_fn(logits, y, pixel_weight).double() * x.shape[0]
                 seen += x.shape[0]
                 meter.update(logits, y)
         return self.reduce_validation(loss_sum, seen, meter)
@@ -449,31 +475,32 @@ class Trainer:
         return self.source.num_batches(self.train_idx, self.tr.batch_size, train=True)
 
     def train_batches(self, epoch: int, first: int):
-        """(x, y, gradient weight) per step: the global batch, or this rank's slice of it."""
-        batches = self.source.batches(self.train_idx, self.tr.batch_size, train=True, epoch=epoch, seed=self.seed,
-                                      start_batch=first)
+        """(x, y, pixel weights or None, gradient weight) per step: the global batch, or this rank's slice."""
+        batches = self.source.weighted_batches(self.train_idx, self.tr.batch_size, train=True, epoch=epoch,
+                                               seed=self.seed, start_batch=first)
         if not self.dist.launched:
-            return ((x, y, 1.0) for x, y in batches)
+            return ((x, y, pw, 1.0) for x, y, pw in batches)
         return self._slices(batches, train=True)
 
     def val_batches(self):
-        batches = self.source.batches(self.val_idx, self.tr.batch_size, train=False, epoch=0, seed=0)
+        """(x, y, pixel weights or None): the validation loss weighs pixels as the training loss does."""
+        batches = self.source.weighted_batches(self.val_idx, self.tr.batch_size, train=False, epoch=0, seed=0)
         if not self.dist.launched:
             return batches
-        return ((x, y) for x, y, w in self._slices(batches, train=False) if w)
+        return ((x, y, pw) for x, y, pw, w in self._slices(batches, train=False) if w)
 
     def _slices(self, batches, train: bool):
         """This rank's slice of every global batch, weighted so that DDP's average of the ranks' mean
         losses is the global batch's mean. A rank left without items (a last batch shorter than the world)
         trains on item 0 with weight 0, because every rank must join every gradient all-reduce."""
         world, rank = self.dist.world, self.dist.rank
-        for x, y in batches:
+        for x, y, pw in batches:
             n = x.shape[0]
             start, stop = shard(n, rank, world)
             if stop > start:
-                yield x[start:stop], y[start:stop], (stop - start) * world / n
+                yield x[start:stop], y[start:stop], None if pw is None else pw[start:stop], (stop - start) * world / n
             elif train:
-                yield x[:1], y[:1], 0.0
+                yield x[:1], y[:1], None if pw is None else pw[:1], 0.0
 
     def epoch_sums(self, loss_sum, seen: int) -> tuple[float, int]:
         """(sum of loss × items, items) over every rank: one host sync (and one all-reduce)."""

@@ -349,6 +349,7 @@ def _write_result(plan: TaskPlan, info: dict[str, Any], outcome: Outcome, starte
         "params": info.get("params"),
         "parameters": info.get("params"),  # the same count under its full name (issue 12)
         "model_details": info.get("model_details"),  # e.g. which Mamba path ran
+        "loss": info.get("loss"),  # what weighs the loss: class weights, pixel weights (Trainer.log_loss_weights)
         "train_images_per_second": _speed(info.get("speed") or []),
         "device": info.get("device"),
         "torch": info.get("torch"),

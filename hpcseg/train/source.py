@@ -12,7 +12,9 @@ tissue cores) are listed by :meth:`Source.names` in the order of
 ``hpcseg.layouts.index_dataset(spec).names``.
 
 Batches: ``x`` float (B, C, H, W), normalised; ``y`` long (B, H, W) with -1 = ignore for segmentation,
-or (B,) for classification.
+or (B,) for classification. :meth:`Source.weighted_batches` adds ``w``: a float per-pixel (per-sample) loss
+weight shaped like ``y``, moved by augmentation exactly as ``y`` is, or None when every labelled pixel counts
+once. The trainer asks for those; everything else (metrics, threshold tuning) reads plain batches.
 """
 
 from __future__ import annotations
@@ -76,6 +78,16 @@ class Source(ABC):
         """Batches over the items ``indices`` (positions in :meth:`names`). ``train``: shuffled and
         augmented; otherwise in order, unaugmented. Batches before ``start_batch`` are skipped without work."""
 
+    def weighted_batches(self, indices: np.ndarray, batch_size: int, *, train: bool, epoch: int, seed: int,
+                         start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+        """:meth:`batches` with each batch's loss weights (module docstring); None unless a source has them."""
+        for x, y in self.batches(indices, batch_size, train=train, epoch=epoch, seed=seed, start_batch=start_batch):
+            yield x, y, None
+
+    def has_pixel_weights(self) -> bool:
+        """Whether :meth:`weighted_batches` yields weights (for the log: which loss terms they reach)."""
+        return False
+
     def prepare(self, train_indices: np.ndarray) -> None:
         """Called once by the runner with the fold's training items before any batch: the place for
         statistics that must come from training data only (normalisation). Must be idempotent."""
@@ -106,15 +118,27 @@ class Source(ABC):
 
 
 class TensorSource(Source):
-    """A source whose whole dataset is two tensors on the device: x (N, C, H, W) float, y (N, H, W) or (N,).
+    """A source whose whole dataset is two tensors on the device: x (N, C, H, W) float, y (N, H, W) or (N,),
+    and optionally w, per-pixel loss weights shaped like y.
 
     Batches are index_select on the device and augmentation runs on the device, so a step costs no host
-    work and no transfers. Workloads with in-memory datasets subclass this.
+    work and no transfers. Workloads with in-memory datasets subclass this; a subclass that changes batches
+    overrides :meth:`weighted_batches` (``batches`` is that without the weights).
     """
 
-    def __init__(self, spec: JobSpec, names: list[str], x: Tensor, y: Tensor, device: torch.device):
+    def __init_subclass__(cls, **kwargs) -> None:
+        # The trainer reads weighted_batches; a subclass that changed only batches would be silently skipped.
+        super().__init_subclass__(**kwargs)
+        if "batches" in vars(cls) and "weighted_batches" not in vars(cls):
+            raise TypeError(f"{cls.__name__} overrides TensorSource.batches; override weighted_batches instead "
+                            f"(batches is weighted_batches without the weights)")
+
+    def __init__(self, spec: JobSpec, names: list[str], x: Tensor, y: Tensor, device: torch.device,
+                 w: Tensor | None = None):
         if len(names) != x.shape[0] or x.shape[0] != y.shape[0]:
             raise ValueError(f"{len(names)} names, {x.shape[0]} images, {y.shape[0]} labels")
+        if w is not None and w.shape != y.shape:
+            raise ValueError(f"pixel weights of shape {tuple(w.shape)} for labels of shape {tuple(y.shape)}")
         self.spec = spec
         self.task = spec.workload.task
         self.in_channels = int(x.shape[1])
@@ -124,21 +148,32 @@ class TensorSource(Source):
         self._names = list(names)
         self.x = x.to(device)
         self.y = y.to(device)
+        self.w = None if w is None else w.to(device)
 
     def names(self) -> list[str]:
         return list(self._names)
 
+    def has_pixel_weights(self) -> bool:
+        return self.w is not None
+
     def batches(self, indices: np.ndarray, batch_size: int, *, train: bool, epoch: int, seed: int,
                 start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        for x, y, _ in self.weighted_batches(indices, batch_size, train=train, epoch=epoch, seed=seed,
+                                             start_batch=start_batch):
+            yield x, y
+
+    def weighted_batches(self, indices: np.ndarray, batch_size: int, *, train: bool, epoch: int, seed: int,
+                         start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
         indices = np.asarray(indices, dtype=np.int64)
         order = indices[epoch_order(len(indices), seed, epoch, shuffle=train)]
         for b in range(start_batch, math.ceil(len(order) / batch_size)):
             sel = torch.from_numpy(order[b * batch_size:(b + 1) * batch_size]).to(self.device, non_blocking=True)
             x = self.x.index_select(0, sel)
             y = self.y.index_select(0, sel).long()
+            w = None if self.w is None else self.w.index_select(0, sel).float()
             if train:
-                x, y = augment(x, y, self.aug, rng_for(seed, epoch, b, 1))
-            yield x, y
+                x, y, w = augment_weighted(x, y, w, self.aug, rng_for(seed, epoch, b, 1))
+            yield x, y, w
 
     def class_counts(self, indices: np.ndarray) -> np.ndarray:
         sel = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=self.device)
@@ -157,6 +192,15 @@ def augment(x: Tensor, y: Tensor, aug: AugmentationSpec, rng: np.random.Generato
     stay labels); classification targets (y of shape (B,)) pass through. Parameters are drawn on the
     host from ``rng`` (a few numbers per sample), the pixels are transformed on x's device.
     """
+    x, y, _ = augment_weighted(x, y, None, aug, rng)
+    return x, y
+
+
+def augment_weighted(x: Tensor, y: Tensor, w: Tensor | None, aug: AugmentationSpec,
+                     rng: np.random.Generator) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`augment` with per-pixel weights ``w`` (shaped like y) moved exactly as y is: the same draws
+    from ``rng``, the same pixel moves (nearest sampling under a free rotation), so a weight stays on its
+    pixel's label and x, y come out as :func:`augment` makes them."""
     n = x.shape[0]
     seg = y.ndim == 3
     hflip = rng.random(n) < 0.5 if aug.hflip else np.zeros(n, bool)
@@ -167,20 +211,20 @@ def augment(x: Tensor, y: Tensor, aug: AugmentationSpec, rng: np.random.Generato
     jitter = rng.uniform(-aug.color_jitter, aug.color_jitter, (n, 3)) if aug.color_jitter > 0 else None
 
     if aug.rotate_degrees > 0:
-        x, y = _affine(x, y, seg, hflip, vflip, k90, angle)
+        x, y, w = _affine(x, y, w, seg, hflip, vflip, k90, angle)
     else:
-        x, y = _flip_rot90(x, y, hflip, vflip, k90, seg)
+        x, y, w = _flip_rot90(x, y, w, hflip, vflip, k90, seg)
     if jitter is not None:
         x = _jitter(x, torch.as_tensor(jitter, dtype=x.dtype, device=x.device))
-    return x, y
+    return x, y, w
 
 
 def _select(flags: np.ndarray, device: torch.device) -> Tensor:
     return torch.as_tensor(flags, device=device).view(-1, *([1] * 3))
 
 
-def _flip_rot90(x: Tensor, y: Tensor, hflip: np.ndarray, vflip: np.ndarray, k90: np.ndarray,
-                seg: bool) -> tuple[Tensor, Tensor]:
+def _flip_rot90(x: Tensor, y: Tensor, w: Tensor | None, hflip: np.ndarray, vflip: np.ndarray, k90: np.ndarray,
+                seg: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """Exact pixel moves (no resampling) when there is no free rotation."""
     def apply(t: Tensor, dims_w: int, dims_h: int, four_d: bool) -> Tensor:
         view = (lambda f: _select(f, t.device)) if four_d else (lambda f: _select(f, t.device)[:, 0])
@@ -196,11 +240,12 @@ def _flip_rot90(x: Tensor, y: Tensor, hflip: np.ndarray, vflip: np.ndarray, k90:
     x = apply(x, 3, 2, True)
     if seg:
         y = apply(y, 2, 1, False)
-    return x, y
+        w = None if w is None else apply(w, 2, 1, False)
+    return x, y, w
 
 
-def _affine(x: Tensor, y: Tensor, seg: bool, hflip: np.ndarray, vflip: np.ndarray, k90: np.ndarray,
-            angle: np.ndarray) -> tuple[Tensor, Tensor]:
+def _affine(x: Tensor, y: Tensor, w: Tensor | None, seg: bool, hflip: np.ndarray, vflip: np.ndarray,
+            k90: np.ndarray, angle: np.ndarray) -> tuple[Tensor, Tensor, Tensor | None]:
     """Flips, quarter turns and the rotation composed into one sampling grid per sample; reflection
     padding so corners hold plausible pixels (and matching labels) rather than an artificial border."""
     n = x.shape[0]
@@ -215,9 +260,12 @@ def _affine(x: Tensor, y: Tensor, seg: bool, hflip: np.ndarray, vflip: np.ndarra
     grid = F.affine_grid(mat, list(x.shape), align_corners=False)
     xo = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False).to(x.dtype)
     if not seg:
-        return xo, y
+        return xo, y, w
     yo = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="reflection", align_corners=False)
-    return xo, yo[:, 0].round().to(y.dtype)
+    if w is not None:  # the same grid and nearest sampling: each weight lands where its label lands
+        w = F.grid_sample(w[:, None].float(), grid, mode="nearest", padding_mode="reflection",
+                          align_corners=False)[:, 0].to(w.dtype)
+    return xo, yo[:, 0].round().to(y.dtype), w
 
 
 def _jitter(x: Tensor, j: Tensor) -> Tensor:

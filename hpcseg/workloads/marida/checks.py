@@ -98,10 +98,15 @@ def check(c: Checks, root: Path) -> None:
         c.error("dataset", c.field(field), message)
         return
     if confidence != "all":
+        shown = confidence if isinstance(confidence, str) else "weights"
         no_conf = sorted(Path(k).name for k in pairs if not Path(f"{k}_conf.tif").is_file())
         if no_conf:
             c.error("dataset", patches, f"{plural(len(no_conf), 'tile')} without <id>_conf.tif, needed by "
-                                        f"options.confidence {confidence}: {listed(no_conf)}")
+                                        f"options.confidence {shown}: {listed(no_conf)}")
+    if isinstance(confidence, dict) and "dice" in c.spec.training.loss.components:
+        c.warn("dataset", c.field("training.loss.components"),
+               "dice counts every labelled pixel once: options.confidence weights reach only ce, weighted_ce "
+               "and focal")
 
 
 def check_split_files(c: Checks, root: Path, tiles: set[str]) -> None:

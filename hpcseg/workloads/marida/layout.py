@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -94,15 +95,42 @@ def official_splits(spec: JobSpec, index: DatasetIndex) -> dict | None:
 # ------------------------------------------------------------------------------------- confidence masks
 
 CONFIDENCE_LEVELS = {"all": 3, "moderate": 2, "high": 1}  # the highest _conf.tif level kept (1 high, 2 moderate, 3 low)
+CONFIDENCE_CODES = {"high": 1, "moderate": 2, "low": 3}     # a weight mapping's keys and their _conf.tif levels
 
 
-def confidence_option(spec: JobSpec) -> str:
-    """``model.options.confidence`` of the first model that sets it (the data is shared by every model)."""
+def confidence_option(spec: JobSpec) -> str | dict[int, float]:
+    """``model.options.confidence`` of the first model that sets it (the data is shared by every model):
+    a level name (filter: less sure pixels are ignored) or ``{high: w, moderate: w, low: w}`` (each labelled
+    pixel's loss weight by its _conf.tif level; returned as {level: weight}; 0 drops the level)."""
     for m in spec.workload.models:
         if "confidence" in m.options:
+            field = f"workload.models.{m.name}.options.confidence"
             value = m.options["confidence"]
-            if value not in CONFIDENCE_LEVELS:
-                raise HpcsegError(f"workload.models.{m.name}.options.confidence: {value!r} is not one of "
-                                  f"{', '.join(CONFIDENCE_LEVELS)}")
+            if isinstance(value, dict):
+                return confidence_weights(value, field)
+            if not isinstance(value, str) or value not in CONFIDENCE_LEVELS:
+                raise HpcsegError(f"{field}: {value!r} is not one of {', '.join(CONFIDENCE_LEVELS)}, or a mapping "
+                                  f"of weights such as {{high: 1.0, moderate: 0.5, low: 0.25}}")
             return str(value)
     return "all"
+
+
+def confidence_weights(value: dict, field: str) -> dict[int, float]:
+    """``{high: w, moderate: w, low: w}`` as {_conf.tif level: weight}; every level named, weights >= 0."""
+    names = ", ".join(CONFIDENCE_CODES)
+    unknown = [str(k) for k in value if k not in CONFIDENCE_CODES]
+    if unknown:
+        raise HpcsegError(f"{field}: unknown level(s) {', '.join(unknown)}; a weight mapping names {names}")
+    missing = [k for k in CONFIDENCE_CODES if k not in value]
+    if missing:
+        raise HpcsegError(f"{field}: no weight for {', '.join(missing)}; give one for each of {names} "
+                          f"(0 ignores a level)")
+    out = {}
+    for name, level in CONFIDENCE_CODES.items():
+        w = value[name]
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+            raise HpcsegError(f"{field}.{name}: {w!r} is not a weight; use a finite number >= 0 (0 ignores the level)")
+        out[level] = float(w)
+    if not any(out.values()):
+        raise HpcsegError(f"{field}: every weight is 0, so no pixel would be learnt from; make at least one above 0")
+    return out

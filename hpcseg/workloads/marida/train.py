@@ -10,7 +10,10 @@ unlabelled water "not debris" would teach the model on guesses.
 
 Confidence: ``model.options.confidence`` (``all``, the default; ``moderate``; ``high``) keeps only the
 labelled pixels whose ``<id>_conf.tif`` level (MARIDA: 1 high, 2 moderate, 3 low) is at least that
-sure; the others are ignored like unlabelled ones. The official split (``ROOT/splits/*_X.txt``, see
+sure; the others are ignored like unlabelled ones. As a mapping, ``{high: 1.0, moderate: 0.5, low: 0.25}``,
+it weighs each labelled pixel's loss by its level instead (a per-pixel weight map beside the target, moved
+with it by augmentation; ce, weighted_ce and focal use it, dice does not); weight 0 ignores the level, and
+a labelled pixel with no level (0) weighs 1. The official split (``ROOT/splits/*_X.txt``, see
 layout.py) holds out a test list: :class:`Trainer` evaluates it once, with the best weights, at the end
 (result.json ``extra.test``).
 
@@ -37,7 +40,7 @@ from hpcseg.layouts import index_dataset
 from hpcseg.spec import JobSpec
 from hpcseg.train.loop import Trainer as BaseTrainer
 from hpcseg.train.source import IGNORE, TensorSource
-from hpcseg.workloads.marida.layout import CONFIDENCE_LEVELS, confidence_option
+from hpcseg.workloads.marida.layout import CONFIDENCE_CODES, CONFIDENCE_LEVELS, confidence_option
 
 log = logging.getLogger("hpcseg.train")
 
@@ -94,30 +97,48 @@ def _single_band(path: Path) -> np.ndarray:
 
 
 def load_tile(tile_path: Path, cl_path: Path, bands: int, size: tuple[int, int], *, num_classes: int | None = None,
-              confidence: str = "all") -> tuple[np.ndarray, np.ndarray]:
-    """(bands, H, W) float32 tile and (H, W) int64 target, centre-cropped to ``size``. ``num_classes``:
-    the multi-class target (else binary debris); ``confidence``: drop less sure pixels (module docstring)."""
+              confidence: str | dict[int, float] = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(bands, H, W) float32 tile, (H, W) int64 target and (H, W) float32 pixel weights (None unless
+    ``confidence`` is a weight mapping), centre-cropped to ``size``. ``num_classes``: the multi-class target
+    (else binary debris); ``confidence``: drop or weigh less sure pixels (module docstring)."""
     codes = _single_band(cl_path)
     tile = bands_first(read_image(tile_path), codes.shape, bands, tile_path).astype(np.float32)
     target = debris_target(codes) if num_classes is None else class_target(codes, num_classes, cl_path)
+    weight = None
     if confidence != "all":
         conf_path = cl_path.with_name(cl_path.name[: -len("_cl.tif")] + "_conf.tif")
         if not conf_path.is_file():
-            raise HpcsegError(f"{conf_path}: missing, but options.confidence is {confidence!r}; add the _conf.tif "
+            shown = confidence if isinstance(confidence, str) else "a weight mapping"
+            raise HpcsegError(f"{conf_path}: missing, but options.confidence is {shown!r}; add the _conf.tif "
                               f"masks or drop the option")
         conf = _single_band(conf_path)
         if conf.shape != codes.shape:
             raise HpcsegError(f"{conf_path}: {conf.shape[0]}x{conf.shape[1]}, but its _cl.tif is "
                               f"{codes.shape[0]}x{codes.shape[1]}")
-        target = np.where(np.rint(conf) > CONFIDENCE_LEVELS[confidence], IGNORE, target)
-    return center_crop(tile, size, tile_path), center_crop(target, size, cl_path)
+        level = np.rint(np.nan_to_num(conf.astype(np.float64), nan=0.0))
+        if isinstance(confidence, str):
+            target = np.where(level > CONFIDENCE_LEVELS[confidence], IGNORE, target)
+        else:
+            weight = confidence_weight_map(level, confidence)
+            target = np.where(weight == 0, IGNORE, target)
+    crop = center_crop(weight, size, conf_path) if weight is not None else None
+    return center_crop(tile, size, tile_path), center_crop(target, size, cl_path), crop
+
+
+def confidence_weight_map(level: np.ndarray, weights: dict[int, float]) -> np.ndarray:
+    """Each pixel's loss weight from its _conf.tif level; a level outside 1..3 (0: none given) weighs 1."""
+    out = np.ones(level.shape, dtype=np.float32)
+    for code, w in weights.items():
+        out[level == code] = w
+    return out
 
 
 class MaridaSource(TensorSource):
     """Raw tiles on the device; normalised in place once the training tiles are known."""
 
-    def __init__(self, spec: JobSpec, names: list[str], x: Tensor, y: Tensor, device: torch.device):
-        super().__init__(spec, names, x, y, device)
+    def __init__(self, spec: JobSpec, names: list[str], x: Tensor, y: Tensor, device: torch.device,
+                 w: Tensor | None = None):
+        super().__init__(spec, names, x, y, device, w)
         self.mean: Tensor | None = None
         self.std: Tensor | None = None
         self._stats_for: bytes | None = None
@@ -141,16 +162,16 @@ class MaridaSource(TensorSource):
         self.x.sub_(self.mean).div_(self.std)
         self._stats_for = idx.tobytes()
 
-    def batches(self, indices: np.ndarray, batch_size: int, *, train: bool, epoch: int, seed: int,
-                start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    def weighted_batches(self, indices: np.ndarray, batch_size: int, *, train: bool, epoch: int, seed: int,
+                         start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
         if train:
             self.prepare(indices)
         elif self.mean is None:
             log.warning("marida: validation before any training batch; normalising with all tiles")
             self.prepare(np.arange(len(self._names)))
-        for x, y in super().batches(indices, batch_size, train=train, epoch=epoch, seed=seed,
-                                    start_batch=start_batch):
-            yield torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), y
+        for x, y, w in super().weighted_batches(indices, batch_size, train=train, epoch=epoch, seed=seed,
+                                                start_batch=start_batch):
+            yield torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), y, w
 
     def describe(self) -> str:
         labelled = int((self.y >= 0).sum())
@@ -171,14 +192,19 @@ def build(spec: JobSpec, device: torch.device) -> MaridaSource:
     if ds.expected_count is not None and len(index) != ds.expected_count:
         raise HpcsegError(f"{ds.root}: {len(index)} tiles, but expected_count is {ds.expected_count}")
     size = tuple(ds.image_size)
-    xs, ys = zip(*(load_tile(t, cl, ds.channels, size, num_classes=multi, confidence=confidence)
-                   for t, cl in index.files), strict=True)
+    xs, ys, ws = zip(*(load_tile(t, cl, ds.channels, size, num_classes=multi, confidence=confidence)
+                       for t, cl in index.files), strict=True)
     x = torch.from_numpy(np.stack(xs))
     y = torch.from_numpy(np.stack(ys)).to(torch.int8)  # -1..14: int8 keeps 1,381 x 256² small on the GPU
-    if confidence != "all":
+    w = None
+    if isinstance(confidence, dict):
+        w = torch.from_numpy(np.stack(ws)).to(torch.float16)  # half the memory of float32; ~3 digits is plenty for a weight
+        log.info("marida: options.confidence weighs labelled pixels by _conf.tif level: %s",
+                 ", ".join(f"{name} {confidence[code]:g}" for name, code in CONFIDENCE_CODES.items()))
+    elif confidence != "all":
         log.info("marida: options.confidence %s: only pixels of _conf.tif level <= %d are labelled", confidence,
                  CONFIDENCE_LEVELS[confidence])
-    return MaridaSource(spec, list(index.names), x, y, device)
+    return MaridaSource(spec, list(index.names), x, y, device, w)
 
 
 class Trainer(BaseTrainer):
