@@ -7,7 +7,7 @@ from the file, with the right shape, or the load is refused with one line naming
 tensor that does not fit, unless the model says ``allow_partial_weights: true``. The output layer is
 exempt because fine-tuning with another number of classes replaces it; it is loaded when it fits.
 
-Used for every arch without a key map of its own (the U-Nets, MARIDA's, SSMU-Net); the classifiers
+Used for every arch without a key map of its own (the U-Nets and every workload's segmentation models); the classifiers
 whose ImageNet files come in torchvision's or timm's names map them first (a workload's ``weights``
 module). :func:`refuse_reason` lets ``hpcseg check`` refuse a file before the queue: it builds the model on
 torch's meta device (shapes only, no memory), which is why this module is imported only when a job names
