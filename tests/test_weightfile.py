@@ -15,7 +15,7 @@ from hpcseg.train.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 # Every shipped segmentation job's quick profile: each arch without a key map of its own.
-JOBS = ["microbead_optimized", "microbead_mitochondria", "marida_se_unet", "marida_attention_unet",
+JOBS = ["microbead_optimized", "microbead_mitochondria", "marida_se_unet", "marida_attention_unet", "marida_multiclass",
         "ssmu_net_overnight"]
 
 
