@@ -119,6 +119,16 @@ def fixed_images(labels: np.ndarray, indices: np.ndarray, num_classes: int, per_
     return chosen
 
 
+def source_maps(model: torch.nn.Module, source: Any, chosen: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The maps :func:`write_gradcam` draws, (len(chosen), 1, H, W) in [0, 1], for the predicted classes
+    (also returned); split out so that a test can score exactly what the grid shows."""
+    sel = torch.as_tensor(chosen, device=source.device)
+    x = source.normalise(source.images.index_select(0, sel))
+    with torch.no_grad():
+        pred = model.eval()(x).argmax(1)
+    return cam_maps(model, arch_of(model), x).cpu().numpy(), pred.cpu().numpy()
+
+
 def write_gradcam(model: torch.nn.Module, source: Any, indices: np.ndarray, out_dir: Path,
                   per_class: int = PER_CLASS) -> dict[str, Any]:
     """eval/gradcam.png: rows = classes, columns = images with the map of the predicted class overlaid."""
@@ -127,13 +137,10 @@ def write_gradcam(model: torch.nn.Module, source: Any, indices: np.ndarray, out_
     chosen = fixed_images(labels, np.asarray(indices), source.num_classes, per_class)
     if not chosen:
         return {"images": 0}
+    maps, pred = source_maps(model, source, chosen)
     sel = torch.as_tensor(chosen, device=source.device)
-    x = source.normalise(source.images.index_select(0, sel))
-    with torch.no_grad():
-        pred = model.eval()(x).argmax(1)
-    maps = cam_maps(model, arch, x).cpu().numpy()[:, 0]
     rgb = source.images.index_select(0, sel).permute(0, 2, 3, 1).cpu().numpy()
-    _grid(out_dir / "eval" / "gradcam.png", rgb, maps, labels[chosen], pred.cpu().numpy(), source.class_names,
+    _grid(out_dir / "eval" / "gradcam.png", rgb, maps[:, 0], labels[chosen], pred, source.class_names,
           per_class, METHOD.get(arch, arch))
     return {"images": len(chosen), "per_class": per_class, "method": METHOD.get(arch, arch), "file": "eval/gradcam.png"}
 

@@ -121,3 +121,24 @@ def _pattern(rng: np.random.Generator, pattern: str, lesion: np.ndarray, rho: np
         lag = np.clip(_noise(rng, size, size / 20), 0.3, None)[..., None] - 0.3
         return lesion * (1 - 0.5 * np.clip(lag, 0, 1))
     return lesion
+
+
+def off_centre_set(rng: np.random.Generator, n: int, size: int, classes: list[str], offset: tuple[float, float] = (0.2, 0.25),
+                   scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` images (n, size, size, 3) uint8, class indices (n,) cycling through ``classes``, and hard lesion
+    masks (n, size, size), each lesion in a random quadrant, its centre ``offset`` (fractions of the side)
+    from the middle on both axes.
+
+    Why: dermoscopy (and :func:`make_ham10000`) centres the lesion, so a map that merely peaks in the middle
+    of the image would seem to find it. Off the middle, only a map that follows the lesion does; the image
+    centre lies outside the lesion for all but the largest outlines."""
+    images, labels, masks = [], [], []
+    for i in range(n):
+        c = i % len(classes)
+        look = look_for(classes[c], c)
+        centre = tuple(float(0.5 + rng.choice((-1, 1)) * rng.uniform(*offset)) for _ in range(2))
+        img, mask = lesion_image(rng, size, look, lesion_shape(rng, look), centre=centre, scale=scale)  # type: ignore[arg-type]
+        images.append(img)
+        labels.append(c)
+        masks.append(mask)
+    return np.stack(images), np.asarray(labels, dtype=np.int64), np.stack(masks)
