@@ -306,7 +306,9 @@ def test_qsub_through_the_torque_wrapper(tmp_path, microbeads, cleanup):
 
 def test_controller_down_submit_fails_cleanly_and_status_says_unreachable(tmp_path, microbeads, slurm_cluster,
                                                                           cleanup):
-    p, before = submit(tmp_path / "before", microbeads, "--scheduler", "slurm", epochs=200)
+    # held (pending): status must ask the scheduler about it all the same, and it trains nothing meanwhile
+    p, before = submit(tmp_path / "before", microbeads, "--scheduler", "slurm",
+                       sets=(*SMALL, "resources.slurm.extra=[--hold]"))
     assert p.returncode == 0, p.stderr
     cleanup += before.manifest["native_ids"]
     slurm_cluster.ctl("stop-ctld")
