@@ -154,8 +154,9 @@ Waittime=0
 JobRequeue=1
 MaxArraySize=1001
 EnforcePartLimits=ALL
-# a requeued job waits cred_expire seconds before it may start again (default 120)
-AuthInfo=cred_expire=15
+# a requeued job waits cred_expire seconds before it may start again (default 120; 5 is the least Slurm
+# accepts). It is also the life of a job credential, from the controller to slurmd: milliseconds here.
+AuthInfo=cred_expire=6
 NodeName=$NODE_RANGE NodeHostname=$HOST Port=$PORT_RANGE CPUs=36 RealMemory=245760 Gres=gpu:1 State=UNKNOWN
 PartitionName=gpu Nodes=$NODE_RANGE Default=YES MaxTime=24:00:00 State=UP
 PartitionName=debug Nodes=$NODE_RANGE Default=NO MaxTime=24:00:00 State=UP

@@ -187,7 +187,7 @@ def test_scontrol_requeue_one_array_element(tmp_path, cleanup_jobs):
         return out == f"{job_id}_1|RUNNING", out
     wait_for(f"{job_id}_1 running", element_running)
     sh("scontrol", "requeue", f"{job_id}_1")
-    # requeued elements wait AuthInfo=cred_expire (15 s here, 120 s by default) before they start again
+    # requeued elements wait AuthInfo=cred_expire (6 s here, 120 s by default) before they start again
     rows = wait_elements(job_id, 2, {"COMPLETED"}, timeout=WAIT)
     assert all(r["ExitCode"] == "0:0" for r in rows), rows
     runs = sorted((tmp_path / "runs.txt").read_text().splitlines())

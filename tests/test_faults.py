@@ -113,7 +113,7 @@ def assert_sacct_completed(job: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while set(states := sacct_states(job).values()) != {"COMPLETED"}:
         assert time.monotonic() < deadline, f"sacct {job}: {states}"
-        time.sleep(1)
+        time.sleep(0.3)
 
 
 # --------------------------------------------------------------------------------------------- Slurm

@@ -26,7 +26,7 @@ from hpcseg.render import render_script
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-EPOCHS = 40  # 0.2-0.3 s each here: long enough to signal mid-training
+EPOCHS = 25  # 0.2-0.3 s each here: long enough to signal mid-training (the signal lands in < 1 s)
 
 JOB = """\
 name: ddp_launch
@@ -279,7 +279,7 @@ def wait_done(run, timeout: float = 400) -> Path:
         if time.monotonic() > deadline:
             logs = "\n".join(p.read_text()[-3000:] for p in sorted((run.dir / "logs").glob("*")))
             pytest.fail(f"task not ended after {timeout} s\n{logs}")
-        time.sleep(1)
+        time.sleep(0.5)
     return task
 
 

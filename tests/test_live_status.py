@@ -205,7 +205,7 @@ def test_slurm_restart_counts_both_attempts(tmp_path, beads, cleanup):  # noqa: 
     assert p.returncode == 0, p.stderr
     tasks, seen = wait_ended(run, timeout=240)
     assert tasks[0]["state"] == "completed" and tasks[0]["requeues"] == 1, tasks
-    # while Slurm held it (~20 s, BeginTime) after its exit 75: pending, never "preempted" and ended
+    # while Slurm held it (~10 s, BeginTime) after its exit 75: pending, never "preempted" and ended
     assert seen & {"pending", "requeued"} and seen <= {"running", "pending", "requeued", "completed"}, seen
     rc, data = status_json(run)
     assert data["scheduler"]["calls"] == 1, data["scheduler"]

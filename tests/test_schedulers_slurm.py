@@ -48,10 +48,11 @@ def status_json(run: Run, env: dict | None = None) -> tuple[int, dict]:
     return p.returncode, (json.loads(p.stdout) if p.stdout.strip() else {})
 
 
-def wait_ended(run: Run, timeout: float = 300) -> tuple[list[dict], set[str]]:
+def wait_ended(run: Run, timeout: float = 300, poll: float = 1.0) -> tuple[list[dict], set[str]]:
     """Poll ``hpcseg status --json`` (a fresh process each time) until every task ended; returns the
     last tasks and every state seen on the way. A refresh while another test has the controller down
-    (exit 3) is tolerated; the deadline is not."""
+    (exit 3) is tolerated; the deadline is not. Each poll costs a Python start and one sacct call, so a
+    shorter interval would take CPU from the training it waits for."""
     seen: set[str] = set()
     deadline = time.monotonic() + timeout
     while True:
@@ -63,7 +64,7 @@ def wait_ended(run: Run, timeout: float = 300) -> tuple[list[dict], set[str]]:
                 return tasks, seen
         if time.monotonic() > deadline:
             pytest.fail(f"not ended after {timeout} s: rc={rc} {data and [(t['state'], t['detail']) for t in tasks]}")
-        time.sleep(2)
+        time.sleep(poll)
 
 
 def sacct_states(job: str) -> dict[str, str]:
@@ -95,14 +96,14 @@ def test_sbatch_six_task_array_trains_and_collects(tmp_path, microbeads, cleanup
     deadline = time.monotonic() + 180
     while not (run.dir / "training_summary.csv").exists():
         assert time.monotonic() < deadline, (run.dir / "logs").iterdir()
-        time.sleep(2)
+        time.sleep(0.5)
 
 
 def test_status_makes_one_sacct_call(tmp_path, microbeads, cleanup):
     """A counting wrapper named sacct on PATH logs each call, then execs the real sacct."""
     runs = []
-    for _ in range(3):
-        p, run = submit(tmp_path, microbeads, "--scheduler", "slurm")
+    for _ in range(3):  # held (pending in sacct): nine real tasks, none of them training beside other tests
+        p, run = submit(tmp_path, microbeads, "--scheduler", "slurm", sets=(*SMALL, "resources.slurm.extra=[--hold]"))
         assert p.returncode == 0, p.stderr
         runs.append(run)
         cleanup += run.manifest["native_ids"]
@@ -145,16 +146,29 @@ def test_cancel_ends_cancelled_and_stays_cancelled(tmp_path, microbeads, cleanup
         if any((run.dir / t["dir"] / "history.csv").exists() for t in run.manifest["tasks"]):
             break
         assert time.monotonic() < deadline, "no task started"
-        time.sleep(1)
+        time.sleep(0.3)
     c = hpcseg("cancel", str(run.dir))
     assert c.returncode == 0, c.stderr
     tasks, _ = wait_ended(run, timeout=120)
     assert {t["state"] for t in tasks} == {"cancelled"}, tasks
     assert open_run(run.dir).manifest["state"] == "cancelled"
     # Nothing of the job may come back to the queue (a requeue on the way out would defeat the cancel).
-    time.sleep(10)
-    left = subprocess.run(["squeue", "-h", "-r", "-j", job], capture_output=True, text=True).stdout.strip()
+    # Only the job's own processes could requeue it, and a requeued element waits in squeue as PENDING
+    # (BeginTime, AuthInfo=cred_expire) for seconds: so once squeue has let go of every element (no
+    # longer running or completing: its processes are gone), a last look and sacct's attempts settle it.
+    def queued() -> str:
+        return subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", job], capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+    deadline = time.monotonic() + 60
+    while (left := queued()) and "PENDING" not in left:
+        assert time.monotonic() < deadline, f"cancelled job {job} still in the queue after 60 s:\n{left}"
+        time.sleep(0.5)
+    time.sleep(2)
+    left = queued()
     assert left == "", f"cancelled job {job} is back in the queue:\n{left}"
+    attempts = subprocess.run(["sacct", "-X", "-D", "-n", "-P", "-o", "JobID,State", "-j", job], capture_output=True,
+                              text=True, timeout=30).stdout.split()
+    assert attempts and not any("REQUEUED" in a for a in attempts), attempts
 
 
 def test_sbatch_requeue_on_pre_walltime_signal_requeues_only_that_task(tmp_path, microbeads, cleanup,
@@ -284,7 +298,7 @@ def test_qsub_through_the_torque_wrapper(tmp_path, microbeads, cleanup):
     deadline = time.monotonic() + 180
     while not (run.dir / "training_summary.csv").exists():
         assert time.monotonic() < deadline, sorted(p.name for p in (run.dir / "logs").iterdir())
-        time.sleep(2)
+        time.sleep(0.5)
 
 
 # --------------------------------------------------------------------------------------------- controller down
@@ -292,7 +306,9 @@ def test_qsub_through_the_torque_wrapper(tmp_path, microbeads, cleanup):
 
 def test_controller_down_submit_fails_cleanly_and_status_says_unreachable(tmp_path, microbeads, slurm_cluster,
                                                                           cleanup):
-    p, before = submit(tmp_path / "before", microbeads, "--scheduler", "slurm", epochs=200)
+    # held (pending): status must ask the scheduler about it all the same, and it trains nothing meanwhile
+    p, before = submit(tmp_path / "before", microbeads, "--scheduler", "slurm",
+                       sets=(*SMALL, "resources.slurm.extra=[--hold]"))
     assert p.returncode == 0, p.stderr
     cleanup += before.manifest["native_ids"]
     slurm_cluster.ctl("stop-ctld")
