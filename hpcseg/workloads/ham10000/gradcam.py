@@ -10,13 +10,13 @@ row-normalised; these multiplied from the first block to the last; the map is th
 the patch tokens, reshaped to the patch grid. It says which patches the class token drew on, for any
 class, so it is the same map whatever the predicted class (the grid's title says so). Why rollout: on the
 off-centre synthetic lesions of benchmarks/gradcam_lesion.py a tiny ViT (2 blocks, 8 px patches, 64 px)
-that classified perfectly put its rollout centre of mass in the lesion for 0.77-0.98 of held-out images
+that classified (almost) perfectly put its rollout centre of mass in the lesion for 0.77-0.98 of held-out images
 over 16 seeds, where Grad-CAM on the tokens entering the last block (``vit_token_gradcam``, kept for that
 benchmark) scored 0.03-0.95 with up to a third of its maps blank (all-negative before the ReLU), and
 gradient-weighted variants (Chefer et al. 2021; token-wise gradient x activation; Grad-CAM at the first
-block) scored 0.18-0.97 with worse minima (docs/formats.md).
+block) scored 0.13-0.97, each with a lower minimum (docs/formats.md).
 
-The fixed set: The fixed set: the first ``per_class`` validation images of each class in validation order, so the
+The fixed set: the first ``per_class`` validation images of each class in validation order, so the
 grids of all backbones in a run show the same images.
 """
 
