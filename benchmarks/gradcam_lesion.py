@@ -1,9 +1,11 @@
 """Where do the Grad-CAM maps look? Hit rate (CAM centre of mass inside the lesion) per backbone and seed.
 
-Same procedure as tests/test_gradcam_lesion.py, for more seeds and for the ViT token path too: off-centre
-synthetic lesions (class decided by the lesion), a short training through the quick profile's batches, then
-``gradcam.source_maps`` (what eval/gradcam.png draws) on held-out images. Prints the trained hit rate next to
-its controls: image centre, another image's lesion, and the untrained network. Target: trained >= 0.7.
+Same procedure as tests/test_gradcam_lesion.py, for more seeds: off-centre synthetic lesions (class decided
+by the lesion), a short training through the quick profile's batches, then ``gradcam.source_maps`` (what
+eval/gradcam.png draws) on held-out images. Prints the trained hit rate next to its controls: image centre,
+another image's lesion, and the untrained network. A blank map is a miss (its share is printed too).
+Target: trained >= 0.7. For the ViT every method of ``gradcam.VIT_METHODS`` is scored on the same trained
+network (attention rollout is what the grid draws; token Grad-CAM is the comparison).
 
     .venv/bin/python benchmarks/gradcam_lesion.py [--models resnet50 vit_b_16] [--seeds 0 1 2]
 """
@@ -24,11 +26,12 @@ SETUPS = {"resnet50": (128, 20, "{widen_factor: 0.125}"),
           "vit_b_16": (64, 20, "{patch_size: 8, hidden_size: 64, mlp_dim: 128, num_layers: 2, num_heads: 4}")}
 
 
-def hit_rates(model: str, seed: int, n_train: int = 160, n_val: int = 60) -> dict[str, float]:
+def hit_rates(model: str, seed: int, n_train: int = 160, n_val: int = 60) -> dict[str, dict[str, float]]:
+    """Per map method (``"cam"`` for a CNN, each of ``VIT_METHODS`` for the ViT): hit rates and controls."""
     import torch
 
     from hpcseg.spec import load_job
-    from hpcseg.workloads.ham10000.gradcam import centre_of_mass, source_maps
+    from hpcseg.workloads.ham10000.gradcam import VIT_METHODS, lesion_hits, source_maps
     from hpcseg.workloads.ham10000.models import build
     from hpcseg.workloads.ham10000.synth_looks import off_centre_set
     from hpcseg.workloads.ham10000.train import Ham10000Source
@@ -41,14 +44,14 @@ def hit_rates(model: str, seed: int, n_train: int = 160, n_val: int = 60) -> dic
     src = Ham10000Source(spec, [str(i) for i in range(len(labels))], torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
                          torch.from_numpy(labels), torch.device("cpu"), class_names=CLASSES)
     train, val = np.arange(n_train), np.arange(n_train, n_train + n_val)
+    methods = list(VIT_METHODS) if model == "vit_b_16" else ["cam"]
 
-    def hits(maps: np.ndarray, m: np.ndarray) -> float:
-        rc = np.clip(centre_of_mass(torch.from_numpy(maps)).numpy().astype(np.int64), 0, size - 1)
-        return float(m[np.arange(len(m)), rc[:, 0], rc[:, 1]].mean())
+    def maps(net: torch.nn.Module, method: str) -> tuple[np.ndarray, np.ndarray]:
+        return source_maps(net, src, val.tolist(), **({} if method == "cam" else {"vit_method": method}))
 
     torch.manual_seed(seed)
     net = build(spec, spec.model(model))
-    untrained = hits(source_maps(net, src, val.tolist())[0], masks[val])
+    untrained = {m: float(lesion_hits(maps(net, m)[0], masks[val]).mean()) for m in methods}
     opt = torch.optim.Adam(net.parameters(), lr=spec.training.lr)
     t0 = time.time()
     net.train()
@@ -57,10 +60,17 @@ def hit_rates(model: str, seed: int, n_train: int = 160, n_val: int = 60) -> dic
             opt.zero_grad()
             torch.nn.functional.cross_entropy(net(x), y).backward()
             opt.step()
-    maps, pred = source_maps(net, src, val.tolist())
-    return {"accuracy": float((pred == labels[val]).mean()), "trained": hits(maps, masks[val]),
-            "centre": float(masks[val, size // 2, size // 2].mean()),
-            "shuffled": hits(maps, np.roll(masks[val], 1, axis=0)), "untrained": untrained, "train_s": time.time() - t0}
+    train_s = time.time() - t0
+    out = {}
+    for m in methods:
+        t1 = time.time()
+        cams, pred = maps(net, m)
+        out[m] = {"accuracy": float((pred == labels[val]).mean()), "trained": float(lesion_hits(cams, masks[val]).mean()),
+                  "blank": float((cams.reshape(len(cams), -1).max(1) <= 0).mean()),
+                  "centre": float(masks[val, size // 2, size // 2].mean()),
+                  "shuffled": float(lesion_hits(cams, np.roll(masks[val], 1, axis=0)).mean()),
+                  "untrained": untrained[m], "train_s": train_s, "maps_s": time.time() - t1}
+    return out
 
 
 def main() -> int:
@@ -71,10 +81,11 @@ def main() -> int:
     sys.path.insert(0, str(REPO))
     for model in args.models:
         for seed in args.seeds:
-            r = hit_rates(model, seed)
-            print(f"{model:9s} seed {seed}: hit rate trained {r['trained']:.2f} (target >= 0.7) | image centre "
-                  f"{r['centre']:.2f} | other image's lesion {r['shuffled']:.2f} | untrained {r['untrained']:.2f} "
-                  f"| val accuracy {r['accuracy']:.2f} | train {r['train_s']:.0f}s", flush=True)
+            for method, r in hit_rates(model, seed).items():
+                print(f"{model:9s} {method:13s} seed {seed}: hit rate trained {r['trained']:.2f} (target >= 0.7; "
+                      f"blank maps {r['blank']:.2f}) | image centre {r['centre']:.2f} | other image's lesion "
+                      f"{r['shuffled']:.2f} | untrained {r['untrained']:.2f} | val accuracy {r['accuracy']:.2f} "
+                      f"| train {r['train_s']:.0f}s, maps {r['maps_s']:.1f}s", flush=True)
     return 0
 
 

@@ -123,13 +123,19 @@ def test_cnn_gradcam_through_monai_shape_and_range() -> None:
     assert float(cam_maps(net, "resnet50", x[:, :, :32, :32]).abs().max()) == 0.0
 
 
-def test_vit_token_gradcam_shape_and_range() -> None:
+def test_vit_maps_shape_and_range() -> None:
+    """Rollout (what the grid draws) and token Grad-CAM (the benchmark's comparison): one map per image in
+    [0, 1]; rollout never blank (identity plus attention is positive) and leaves the model's mode alone."""
     from hpcseg.workloads.ham10000.models import ViT
 
-    net = ViT(3, (32, 32), 7, patch_size=8, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=4)
-    cam = cam_maps(net, "vit_b_16", torch.randn(3, 3, 32, 32))
-    assert cam.shape == (3, 1, 32, 32) and float(cam.min()) >= 0 and float(cam.max()) <= 1
-    assert float(cam.max()) > 0  # the tokens entering the last block do get gradient
+    net = ViT(3, (32, 32), 7, patch_size=8, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=4).train()
+    x = torch.randn(3, 3, 32, 32)
+    for method in ("rollout", "token_gradcam"):
+        cam = cam_maps(net, "vit_b_16", x, vit_method=method)
+        assert cam.shape == (3, 1, 32, 32) and float(cam.min()) >= 0 and float(cam.max()) <= 1, method
+        assert float(cam.max()) > 0, method
+    assert net.training and bool(torch.isfinite(centre_of_mass(cam_maps(net, "vit_b_16", x))).all())
+    assert bool(torch.isnan(centre_of_mass(torch.zeros(2, 1, 8, 8))).all())  # blank: no centre, not (0, 0)
 
 
 def test_grouped_stratified_holdout_is_85_15(tmp_path: Path) -> None:
