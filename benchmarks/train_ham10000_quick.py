@@ -14,36 +14,27 @@ Target: balanced accuracy >= 3x chance.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from quick_runs import add_common_args, train_task, workdir
+
 TARGET_RATIO = 3.0
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", help="HAM10000-layout folder (default: synthesise --n images into the workdir)")
+    add_common_args(p, "HAM10000-layout folder (default: synthesise --n images into the workdir)")
     p.add_argument("--n", type=int, default=420, help="images to synthesise (default 420)")
     p.add_argument("--size", type=int, default=64, help="synthetic image side in pixels (default 64)")
-    p.add_argument("--workdir", help="where data and task folders go (default: a temporary folder)")
     p.add_argument("--models", nargs="*", default=["resnet50"], help="model names (default: resnet50)")
     p.add_argument("--job", default="ham10000_comparison")
-    p.add_argument("--profile", default="quick")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
-    p.add_argument("--threads", type=int, help="HPCSEG_CPUS for the runs (default: every core)")
     args = p.parse_args()
 
-    sys.path.insert(0, str(REPO))
+    work = workdir(args, "hpcseg_bench_ham_")
     from hpcseg.spec import find_job, load_job
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="hpcseg_bench_ham_"))
-    work.mkdir(parents=True, exist_ok=True)
     data = Path(args.data) if args.data else work / "ham10000"
     if not args.data and not (data / "HAM10000_metadata.csv").is_file():
         from hpcseg.workloads.ham10000.synth import make_ham10000
@@ -62,29 +53,17 @@ def main() -> int:
     print(f"  image {spec.workload.dataset.image_size[0]}px, epochs {tr.epochs}, batch {tr.batch_size}, "
           f"lr {tr.lr:g}, {k} classes (chance balanced accuracy {chance:.3f})")
 
-    env = {**os.environ, "HPCSEG_DEVICE": "cpu", "PYTHONPATH": str(REPO)}
-    if args.threads:
-        env["HPCSEG_CPUS"] = str(args.threads)
     rows = []
     for name in args.models:
         out = work / "tasks" / f"{name}_{int(time.time())}"
-        cmd = [sys.executable, "-m", "hpcseg", "train", str(job), "--profile", args.profile, "--model", name,
-               "--out", str(out), *(x for o in overrides for x in ("--set", o))]
-        t0 = time.time()
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-        wall = time.time() - t0
-        try:
-            res = json.loads((out / "result.json").read_text())
-        except OSError:
-            print(proc.stdout[-3000:], proc.stderr[-3000:])
-            res = {"reason": "failed", "exit_code": proc.returncode}
+        res, code, wall = train_task(args, job, name, out, overrides)
         best = res.get("best") or {}
         bacc = float(best.get("val_balanced_accuracy") or 0.0)
         cal = (res.get("extra") or {}).get("calibration") or {}
         mel = ((res.get("extra") or {}).get("evaluation") or {}).get("melanoma") or {}
         cal = {**cal, "mel_sens": mel.get("sensitivity_at_95_specificity")}
         rows.append((name, res, bacc, cal, wall))
-        print(f"  {name:<16} exit {proc.returncode}  best val_balanced_accuracy {bacc:.3f} "
+        print(f"  {name:<16} exit {code}  best val_balanced_accuracy {bacc:.3f} "
               f"@ epoch {res.get('best_epoch')}/{res.get('epochs_run')}  wall {wall:.0f}s", flush=True)
 
     print()

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from quick_runs import add_common_args, train_task, workdir
 
-REPO = Path(__file__).resolve().parents[1]
 JOBS = ("marida_se_unet", "marida_attention_unet")
 
 
@@ -45,21 +42,15 @@ def base_rate(data: Path, val_names: list[str], size: int) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", help="MARIDA dataset folder (default: synthesise into the workdir)")
-    p.add_argument("--workdir", help="where data and task folders go (default: a temporary folder)")
+    add_common_args(p, "MARIDA dataset folder (default: synthesise into the workdir)")
     p.add_argument("--jobs", nargs="*", default=list(JOBS))
     p.add_argument("--n", type=int, default=64, help="synthetic tiles")
     p.add_argument("--size", type=int, default=32, help="synthetic tile side")
-    p.add_argument("--profile", default="quick")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
-    p.add_argument("--threads", type=int, help="HPCSEG_CPUS for the runs (default: every core)")
     args = p.parse_args()
 
-    sys.path.insert(0, str(REPO))
+    work = workdir(args, "hpcseg_bench_marida_")
     from hpcseg.spec import find_job, load_job
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="hpcseg_bench_marida_"))
-    work.mkdir(parents=True, exist_ok=True)
     data = Path(args.data) if args.data else work / "marida"
     if not args.data and not (data / "patches").is_dir():
         from hpcseg.workloads.marida.synth import make_marida
@@ -69,9 +60,6 @@ def main() -> int:
         print(f"synthesised {info['n']} tiles {args.size}px ({info['tiles_with_debris']} with debris) "
               f"in {time.time() - t0:.1f}s")
     overrides = [f"workload.dataset.root={data}", *args.overrides]
-    env = {**os.environ, "HPCSEG_DEVICE": "cpu", "PYTHONPATH": str(REPO)}
-    if args.threads:
-        env["HPCSEG_CPUS"] = str(args.threads)
     rows = []
     for job_name in args.jobs:
         job = find_job(job_name)
@@ -82,16 +70,7 @@ def main() -> int:
               f"image {spec.workload.dataset.image_size[0]}px, epochs {tr.epochs}, batch {tr.batch_size}, "
               f"lr {tr.lr:g}, loss {dict(tr.loss.components)}")
         out = work / "tasks" / f"{spec.name}_{int(time.time())}"
-        cmd = [sys.executable, "-m", "hpcseg", "train", str(job), "--profile", args.profile, "--model",
-               model.name, "--out", str(out), *(x for o in overrides for x in ("--set", o))]
-        t0 = time.time()
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-        wall = time.time() - t0
-        try:
-            res = json.loads((out / "result.json").read_text())
-        except OSError:
-            print(proc.stdout[-3000:], proc.stderr[-3000:])
-            res = {"reason": "failed", "exit_code": proc.returncode}
+        res, code, wall = train_task(args, job, model.name, out, overrides)
         base = float("nan")
         splits = out.parent / "splits.json" if (out.parent / "splits.json").exists() else out / "splits.json"
         if splits.exists():
@@ -99,7 +78,7 @@ def main() -> int:
             base = base_rate(data, val, spec.workload.dataset.image_size[0])
         thr = (res.get("extra") or {}).get("threshold") or {}
         rows.append((spec.name, res, base, thr, wall))
-        print(f"  exit {proc.returncode}, best val_jaccard {res.get('best_value') or 0:.4f} @ epoch "
+        print(f"  exit {code}, best val_jaccard {res.get('best_value') or 0:.4f} @ epoch "
               f"{res.get('best_epoch')}/{res.get('epochs_run')}, params {res.get('params')}, wall {wall:.0f}s",
               flush=True)
 

@@ -14,35 +14,26 @@ which is how alternative profile values are measured without editing the job fil
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from quick_runs import add_common_args, train_task, workdir
+
 TARGET = 0.7
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", help="microbead dataset folder (default: synthesise 73 images into the workdir)")
-    p.add_argument("--workdir", help="where data and task folders go (default: a temporary folder)")
+    add_common_args(p, "microbead dataset folder (default: synthesise 73 images into the workdir)")
     p.add_argument("--all", action="store_true", help="every model of the job, not just the first")
     p.add_argument("--models", nargs="*", help="model names to run (default: the first, or all with --all)")
     p.add_argument("--job", default="microbead_optimized")
-    p.add_argument("--profile", default="quick")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
-    p.add_argument("--threads", type=int, help="HPCSEG_CPUS for the runs (default: every core)")
     args = p.parse_args()
 
-    sys.path.insert(0, str(REPO))
+    work = workdir(args, "hpcseg_bench_quick_")
     from hpcseg.spec import find_job, load_job
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="hpcseg_bench_quick_"))
-    work.mkdir(parents=True, exist_ok=True)
     data = Path(args.data) if args.data else work / "microbeads"
     if not args.data and not (data / "images").is_dir():
         from hpcseg.workloads.microbead.synth import make_microbeads
@@ -59,24 +50,12 @@ def main() -> int:
     print(f"  image {spec.workload.dataset.image_size[0]}px, epochs {tr.epochs}, batch {tr.batch_size}, lr {tr.lr:g}, "
           f"loss {dict(tr.loss.components)}, patience {tr.early_stopping.patience}")
 
-    env = {**os.environ, "HPCSEG_DEVICE": "cpu", "PYTHONPATH": str(REPO)}
-    if args.threads:
-        env["HPCSEG_CPUS"] = str(args.threads)
     rows = []
     for name in names:
         out = work / "tasks" / f"{name}_{int(time.time())}"
-        cmd = [sys.executable, "-m", "hpcseg", "train", str(job), "--profile", args.profile, "--model", name,
-               "--out", str(out), *(x for o in overrides for x in ("--set", o))]
-        t0 = time.time()
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-        wall = time.time() - t0
-        try:
-            res = json.loads((out / "result.json").read_text())
-        except OSError:
-            print(proc.stdout[-3000:], proc.stderr[-3000:])
-            res = {"reason": "failed", "exit_code": proc.returncode}
+        res, code, wall = train_task(args, job, name, out, overrides)
         rows.append((name, res, wall))
-        print(f"  {name:<20} exit {proc.returncode}  best val_jaccard {res.get('best_value') or 0:.4f} "
+        print(f"  {name:<20} exit {code}  best val_jaccard {res.get('best_value') or 0:.4f} "
               f"@ epoch {res.get('best_epoch')}/{res.get('epochs_run')}  train {res.get('train_seconds', 0):.0f}s  "
               f"wall {wall:.0f}s", flush=True)
 
