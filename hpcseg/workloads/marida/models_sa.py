@@ -25,7 +25,7 @@ from torch import nn
 
 from hpcseg.spec import JobSpec, ModelSpec
 from hpcseg.train.models import out_channels
-from hpcseg.workloads.marida.models_se import pad_to_multiple
+from hpcseg.workloads.marida.models_se import pad_to_multiple, seed_head
 
 DEFAULT_SA_DECODER_LEVELS = 2
 
@@ -87,11 +87,7 @@ class SelfAttentionUNet(nn.Module):
             self.dec.append(DoubleConv(deep + skip, out, dropout))
             self.dec_sa.append(SelfAttention2d(out) if i < sa_decoder_levels else nn.Identity())
             deep = out
-        # The seed's "additional conv layer before final output".
-        self.head = nn.Sequential(
-            Convolution(2, enc[0], enc[0], kernel_size=3, act="RELU", norm="BATCH"),
-            nn.Conv2d(enc[0], num_classes, kernel_size=1),
-        )
+        self.head = seed_head(enc[0], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

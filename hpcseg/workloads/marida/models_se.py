@@ -52,11 +52,7 @@ class SEUNet(nn.Module):
         for c_skip, c_deep in zip(reversed(channels[:-1]), reversed(channels[1:]), strict=True):
             self.ups.append(UpSample(2, c_deep, c_skip, scale_factor=2, mode="deconv"))
             self.dec.append(SEConvBlock(2 * c_skip, c_skip, dropout))
-        # The seed's "additional conv layer before final output".
-        self.head = nn.Sequential(
-            Convolution(2, channels[0], channels[0], kernel_size=3, act="RELU", norm="BATCH"),
-            nn.Conv2d(channels[0], num_classes, kernel_size=1),
-        )
+        self.head = seed_head(channels[0], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -70,6 +66,13 @@ class SEUNet(nn.Module):
         for up, dec, skip in zip(self.ups, self.dec, reversed(skips), strict=True):
             x = dec(torch.cat([up(x), skip], dim=1))
         return self.head(x)[..., :h, :w]
+
+
+def seed_head(width: int, num_classes: int) -> nn.Sequential:
+    """Both MARIDA seeds' output: an "additional conv layer before final output" (3x3 conv, BN, ReLU),
+    then the 1x1 classifier."""
+    return nn.Sequential(Convolution(2, width, width, kernel_size=3, act="RELU", norm="BATCH"),
+                         nn.Conv2d(width, num_classes, kernel_size=1))
 
 
 def pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
