@@ -161,3 +161,31 @@ def test_partial_file_is_an_error_unless_allowed(tmp_path: Path) -> None:
     spec = spec_224(f"workload.models.resnet50.weights={path}", "workload.models.resnet50.allow_partial_weights=true")
     net = build_model(spec, spec.model("resnet50"))
     assert net.state_dict()["layer1.0.conv1.weight"].abs().sum() > 0
+
+
+def test_timm_safetensors_file_loads_and_a_truncated_one_is_refused(tmp_path: Path) -> None:
+    """timm's checkpoints on the Hugging Face hub are model.safetensors files in timm's names: read by
+    content (whatever the suffix), mapped, loaded; a file cut short is one line naming it, not a traceback."""
+    from safetensors.torch import save_file
+
+    shapes = {_timm_effnet(k): s for k, s in tv_shapes("efficientnet_b3").items()}
+    g = torch.Generator().manual_seed(0)
+    state = {k: (torch.zeros(s, dtype=torch.long) if k.endswith("num_batches_tracked") else torch.randn(s, generator=g))
+             for k, s in shapes.items()}
+    path = tmp_path / "model.safetensors"
+    save_file(state, str(path))
+    renamed = tmp_path / "efficientnet_b3.pth"  # a safetensors file under a .pth name is still read as one
+    renamed.write_bytes(path.read_bytes())
+    for p in (path, renamed):
+        spec = spec_224(f"workload.models.efficientnet_b3.weights={p}")
+        net = build_model(spec, spec.model("efficientnet_b3"))
+        assert torch.equal(net.state_dict()["_blocks.1.2._depthwise_conv.weight"], state["blocks.1.0.conv_dw.weight"])
+        assert torch.equal(net.state_dict()["_conv_head.weight"], state["conv_head.weight"])
+
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    spec = spec_224(f"workload.models.efficientnet_b3.weights={cut}")
+    with pytest.raises(HpcsegError) as err:
+        build_model(spec, spec.model("efficientnet_b3"))
+    assert str(cut) in err.value.message and "damaged safetensors" in err.value.message
+    assert "\n" not in err.value.message

@@ -27,13 +27,37 @@ from hpcseg.errors import HpcsegError
 _COUNTERS = ("num_batches_tracked",)  # BatchNorm step counters: carried along when present, never required
 
 
+SAFETENSORS_MAGIC = b"{"  # a safetensors file: 8-byte little-endian header length, then a JSON header
+
+
+def is_safetensors(path: str) -> bool:
+    """By content, not suffix: a renamed file is still read by what it is."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == SAFETENSORS_MAGIC and int.from_bytes(head[:8], "little") > 1
+
+
 def read_state_dict(path: str, model_name: str) -> dict[str, Any]:
-    """The tensors of a local checkpoint (``torch.load(weights_only=True)``: no code runs from the file).
+    """The tensors of a local checkpoint: a safetensors file (timm's and Hugging Face's format), or a
+    ``torch.save`` file read with ``weights_only=True``. Neither runs code from the file.
 
     Accepts a bare state dict, one wrapped as ``model``/``state_dict``/``model_state_dict`` (hpcseg's own
     checkpoints, Lightning's, common scripts'), and DataParallel/DDP's ``module.`` prefix."""
     import torch
 
+    if is_safetensors(path):
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(path, device="cpu")
+        except Exception as exc:  # a truncated or damaged file: its header promises more than is there
+            raise HpcsegError(f"{path}: cannot read the weights of model {model_name} (a damaged safetensors "
+                              f"file: {str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}); "
+                              f"copy it again") from None
+        return _unprefixed(path, model_name, state)
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of junk before failing on it
             warnings.simplefilter("ignore")
@@ -45,10 +69,14 @@ def read_state_dict(path: str, model_name: str) -> dict[str, Any]:
         why = "not a file torch.save wrote" if isinstance(exc, pickle.UnpicklingError) else (
             str(exc).splitlines()[0].split(". ")[0] if str(exc) else exc.__class__.__name__)
         raise HpcsegError(f"{path}: cannot read the weights of model {model_name} ({why}); "
-                          f"give a state dict saved with torch.save") from None
+                          f"give a state dict saved with torch.save or safetensors") from None
     for wrapper in ("model", "state_dict", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
+    return _unprefixed(path, model_name, state)
+
+
+def _unprefixed(path: str, model_name: str, state: Any) -> dict[str, Any]:
     if not isinstance(state, dict) or not state or not all(hasattr(v, "shape") for v in state.values()):
         raise HpcsegError(f"{path}: not a state dict of tensors (model {model_name}); save model.state_dict()")
     return {(k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k): v

@@ -21,7 +21,7 @@ exact names and shapes in tests/fixtures/torchvision_state_dicts.json):
 * vit_b_16: torchvision has our names; timm ``patch_embed.proj``/``blocks.i.attn.qkv``/``mlp.fc1``... are
   renamed (timm's fused qkv is nn.MultiheadAttention's in_proj, same order q, k, v).
 
-Files are read by :func:`hpcseg.train.weightfile.read_state_dict` (``weights_only``; a ``module.`` prefix
+Files are read by :func:`hpcseg.train.weightfile.read_state_dict` (safetensors, or torch ``weights_only``; a ``module.`` prefix
 removed; a dict holding the weights under ``model``, ``state_dict`` or ``model_state_dict`` unwrapped).
 The timm names were checked against timm's source (``densenet.py``; ``_efficientnet_blocks.py``:
 DepthwiseSeparableConv ``conv_dw/bn1/se/conv_pw/bn2``, InvertedResidual ``conv_pw/bn1/conv_dw/bn2/se/
