@@ -126,13 +126,14 @@ def test_local_runs_all_tasks_and_failed_task_shows_log(tmp_path, microbeads, fa
     # The supervisor exported a per-task CPU share: 2 at once on this machine.
     want = max(1, min(36, (os.cpu_count() or 1) // 2))
     assert f"HPCSEG_CPUS={want}" in (run.dir / "tasks/unet/fold_0/train.log").read_text()
-    # At most --max-parallel tasks ran at the same time.
+    # --then-collect: the supervisor runs `hpcseg collect` once every task has ended, however it ended.
+    wait_supervisor_gone(run)
+    # At most --max-parallel tasks ran at the same time. Read once the supervisor is gone: a task's
+    # exit_code (what status reads) can land before the supervisor has reaped it and written its end.
     st = read_json(run.dir / "local.json")["tasks"]
     spans = [(v["started"], v["ended"]) for v in st.values()]
     for s, _ in spans:
         assert sum(1 for a, b in spans if a <= s < b) <= 2
-    # --then-collect: the supervisor runs `hpcseg collect` once every task has ended, however it ended.
-    wait_supervisor_gone(run)
     collect = read_json(run.dir / "local.json")["collect"]
     assert collect["state"] == "completed", (run.dir / "logs" / "collect.out").read_text()
     assert (run.dir / "training_summary.csv").exists()
