@@ -47,6 +47,10 @@ STALL_MIN_S = 60.0
 # States in which a task that exited 75 is on its way back: the scheduler requeued it (node failure,
 # `scontrol requeue`, preemption); the next attempt's job script removes the stale exit_code.
 BACK_IN_QUEUE = ("pending", "requeued")
+# ...or not gone yet: the job script is still finishing after the trainer's exit 75, accounting has not
+# recorded the requeue, or the next attempt runs but has not removed the old exit_code. Calling it ended
+# then would let `--watch` stop and `resubmit` send a second copy of a task Slurm is bringing back.
+NOT_OVER_AFTER_75 = (*BACK_IN_QUEUE, "running")
 # A job can take a few seconds to reach accounting; until then "not listed" means "not started yet".
 LISTING_GRACE_S = 300
 
@@ -90,7 +94,7 @@ class TaskStatus:
     @property
     def ended(self) -> bool:
         """An exit_code ends a task, unless the scheduler is bringing it back (a 75 it requeued itself)."""
-        return (self.exit_code is not None and self.state not in BACK_IN_QUEUE) or self.state in ENDED
+        return (self.exit_code is not None and self.state not in NOT_OVER_AFTER_75) or self.state in ENDED
 
 
 TASK_FIELDS = [f.name for f in fields(TaskStatus)]
@@ -124,6 +128,8 @@ def _judge(run: Run, index: int, ec: int | None, js: JobState | None, note: str 
         meaning = f"exit {ec}: {EXIT_MEANING.get(ec, 'failed')}"
         if ec == 75 and not cancelled and js is not None and js.state in BACK_IN_QUEUE:
             return js.state, f"exit 75 (checkpoint kept); the scheduler has requeued it ({js.native or js.state})"
+        if ec == 75 and not cancelled and js is not None and js.state == "running":
+            return "running", f"exit 75 (checkpoint kept); the scheduler still runs the job ({js.native or 'RUNNING'})"
         if ec == 0:
             return "completed", ""
         if cancelled or (js and js.state == "cancelled"):

@@ -209,8 +209,8 @@ def _groups(indices: list[int], contiguous: bool) -> list[list[int]]:
 
 
 def _choose(run: Run, wanted: Sequence[int] | None) -> tuple[list[int], dict[int, int | None], list[str]]:
-    """(tasks to send, their exit codes, notes). Default: every task that checkpointed and exited 75
-    (cancelled ones excluded); listed tasks must have ended, since a second copy of a running task would
+    """(tasks to send, their exit codes, notes). Default: every task that checkpointed, exited 75 and has
+    ended (cancelled ones excluded); listed tasks must have ended, since a second copy of a running task would
     write the same folder. Each task may be resubmitted ``training.max_requeues`` times."""
     from hpcseg.status import snapshot
 
@@ -221,6 +221,10 @@ def _choose(run: Run, wanted: Sequence[int] | None) -> tuple[list[int], dict[int
     notes: list[str] = []
     if wanted is None:
         chosen = [k for k, t in sorted(table.items()) if t.exit_code == 75 and t.state != "cancelled"]
+        back = [k for k in chosen if not table[k].ended]  # the scheduler is bringing it back, or not done
+        notes += [f"task {k}: exited 75 but the scheduler still has it ({table[k].state}); it resumes there, "
+                  f"not resubmitted" for k in back]
+        chosen = [k for k in chosen if k not in back]
         over = [k for k in chosen if done.get(k, 0) >= limit]
         notes += [f"task {k}: resubmitted {done[k]} time(s) already, the limit (training.max_requeues) is "
                   f"{limit}; left as it is" for k in over]

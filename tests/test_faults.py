@@ -221,8 +221,8 @@ def test_pbs_interrupted_task_is_resubmitted_through_qsub(tmp_path, beads, clean
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
     wait_for(lambda: (task / "exit_code").exists(), 60, "exit_code 75")
     assert (task / "exit_code").read_text().strip() == "75"
-    _, data = status_json(run)
-    assert data["runs"][0]["tasks"][0]["state"] == "preempted"
+    tasks, _ = wait_ended(run, timeout=60)  # "running" until the job script has finished in qstat
+    assert tasks[0]["state"] == "preempted", tasks
     r = retrying("resubmit", str(run.dir))
     assert r.returncode == 0, r.stderr
     m = open_run(run.dir).manifest
@@ -257,8 +257,8 @@ def test_pbs_walltime_deadline_checkpoints_and_exits_75_before_the_limit(tmp_pat
     assert 0 < len(epochs_in(task)) < 2000
     result = json.loads((task / "result.json").read_text())
     assert result["exit_code"] == 75, result
-    _, data = status_json(run)
-    assert data["runs"][0]["tasks"][0]["state"] == "preempted", data["runs"][0]["tasks"][0]
+    tasks, _ = wait_ended(run, timeout=60)
+    assert tasks[0]["state"] == "preempted", tasks
     states = sacct_states(run.manifest["native_ids"][0])
     assert "TIMEOUT" not in states.values(), states
 
@@ -333,6 +333,13 @@ def test_resubmit_pbs_pro_sends_one_job_per_range_and_honours_the_limit(tmp_path
     assert hpcseg("resubmit", str(run.dir), "--tasks", "0", env=env).returncode == 2
     busy = hpcseg("resubmit", str(run.dir), "--tasks", "1,2", env=env)
     assert busy.returncode == 2 and "have not ended" in busy.stderr, busy
+    assert len(log.read_text().splitlines()) == 3
+    # A 75 the scheduler still runs (the script finishing, or the next attempt starting) is no candidate.
+    (run.task_dir(2) / "exit_code").write_text("75\n")
+    (bin_dir / "qstat").write_text("#!/bin/sh\nprintf 'Job Id: 503.pbs-server\\n    job_state = R\\n'\n")
+    running = hpcseg("resubmit", str(run.dir), env=env)
+    assert running.returncode == 0 and "task 2: exited 75 but the scheduler still has it (running)" in \
+        running.stderr, running
     assert len(log.read_text().splitlines()) == 3
 
 

@@ -190,6 +190,17 @@ def test_exit_75_requeued_by_the_scheduler_is_not_ended(tmp_path):
     gone = task_table(run, {"4242_0": JobState("failed", "FAILED", "node1", 30.0)})[0]
     assert (gone.state, gone.ended) == ("preempted", True), gone
     assert task_table(run, {})[0].ended
+    # The job script is still finishing, accounting has not recorded the requeue yet, or the next attempt
+    # runs but has not removed the old file: the scheduler says running, so the task has not ended.
+    for native in ("RUNNING", "COMPLETING"):
+        busy = task_table(run, {"4242_0": JobState("running", native, "node1", 30.0)})[0]
+        assert (busy.state, busy.ended) == ("running", False) and "exit 75" in busy.detail, busy
+        assert busy.stalled_s is None
+    # an exit 0 or 1 is final whatever the scheduler says yet
+    for code, final in ((0, "completed"), (1, "failed")):
+        (run.task_dir(0) / "exit_code").write_text(f"{code}\n")
+        t = task_table(run, {"4242_0": JobState("running", "RUNNING", "node1", 30.0)})[0]
+        assert (t.state, t.ended) == (final, True), t
 
 
 @pytest.mark.slurm
