@@ -7,7 +7,7 @@
 #    HPCSEG_SLURM_SKIP_REASON is exported and the `slurm` tests are skipped with that reason.
 # 2. Headless Chromium (scripts/browser.sh up) for the report's browser test; CI=true fails without it.
 #    Charliecloud's tools (singularity/charliecloud/build.sh --tools: apt-get when missing).
-# 3. pytest from the repository root; its exit status is ours, except that 5 (no tests collected) is a
+# 3. pytest from the repository root, in two processes (pytest-xdist; HPCSEG_TEST_WORKERS); its exit status is ours, except that 5 (no tests collected) is a
 #    failure too.
 #
 # The cluster is left running afterwards on purpose: the next run starts in well under a second instead of
@@ -64,7 +64,15 @@ fi
 # builds or reuses its image itself; without them that test skips, or fails under CI=true.
 bash "$ROOT/singularity/charliecloud/build.sh" --tools || echo "run-tests: WARNING: Charliecloud tools unavailable" >&2
 
-"$PY" -m pytest -q -p no:cacheprovider --timeout=900 "$@"
+# Two workers (pytest-xdist), whole files each so module fixtures are built once: half the suite's time is
+# spent waiting on Slurm jobs, which the other worker fills. HPCSEG_TEST_WORKERS=0 runs in one process.
+# Tests that take a Slurm daemon down hold the cluster alone (tests/conftest.py, cluster_lock).
+workers=${HPCSEG_TEST_WORKERS:-2}
+parallel=()
+if [ "$workers" != 0 ]; then
+    parallel=(-n "$workers" --dist loadfile)
+fi
+"$PY" -m pytest -q -p no:cacheprovider --timeout=900 "${parallel[@]}" "$@"
 rc=$?
 if [ "$rc" = 5 ]; then
     echo "run-tests: pytest collected no tests (exit 5): treating as a failure" >&2

@@ -4,9 +4,11 @@
 # The local Slurm cluster of scripts/local-slurm.sh (see docs/local-slurm.md). scripts/run-tests.sh starts it
 # and exports HPCSEG_SLURM=1, or HPCSEG_SLURM_SKIP_REASON when it could not. Tests marked `slurm` get the
 # fixture automatically: they skip when the cluster is unavailable, except under CI=true where they fail.
+import fcntl
 import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,11 +79,48 @@ def slurm_cluster():
     yield cluster
 
 
+# Tests run in parallel (pytest-xdist, scripts/run-tests.sh). A test that stops or restarts a Slurm
+# daemon (marked `cluster_down`) must not overlap any other test using the cluster, whose sbatch or sacct
+# would then fail. A readers-writer lock across the worker processes: every `slurm` test holds it shared,
+# a `cluster_down` test exclusive. The turnstile gives the writer priority: without it a steady stream of
+# shared holders from the other worker could keep it waiting for the rest of the suite.
+_LOCKS = Path(os.environ.get("HPCSEG_TEST_LOCK_DIR", "/tmp"))
+
+
+@contextmanager
+def _flock(path: Path, mode: int):
+    with open(path, "a") as f:
+        fcntl.flock(f, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
+def cluster_lock(exclusive: bool, where: Path = _LOCKS):
+    """Shared (a test using the cluster) or exclusive (a test taking a daemon down) use of the cluster."""
+    turnstile, cluster = where / "hpcseg-tests-turnstile.lock", where / "hpcseg-tests-cluster.lock"
+    if exclusive:
+        with _flock(turnstile, fcntl.LOCK_EX), _flock(cluster, fcntl.LOCK_EX):
+            yield
+        return
+    with _flock(turnstile, fcntl.LOCK_EX):
+        pass  # wait behind a writer that is queued or working
+    with _flock(cluster, fcntl.LOCK_SH):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _slurm_marker_needs_cluster(request):
-    """Every test marked `slurm` gets (and so skips or fails on) the slurm_cluster fixture."""
-    if request.node.get_closest_marker("slurm") is not None:
-        request.getfixturevalue("slurm_cluster")
+    """Every test marked `slurm` gets (and so skips or fails on) the slurm_cluster fixture, and holds
+    the cluster lock for its whole run (exclusively when it is marked `cluster_down`)."""
+    if request.node.get_closest_marker("slurm") is None:
+        yield
+        return
+    request.getfixturevalue("slurm_cluster")
+    with cluster_lock(exclusive=request.node.get_closest_marker("cluster_down") is not None):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -608,6 +608,7 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
 
 @pytest.mark.slurm
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if c.id == "scheduler-down"])
+@pytest.mark.cluster_down
 def test_bad_input_scheduler_down(case: Case, tmp_path: Path, slurm_cluster) -> None:
     """slurmctld stopped: sbatch's refusal reaches the user in one line, exit 3; the controller is always
     restarted, because other tests (and other people's jobs) share the cluster."""

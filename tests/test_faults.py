@@ -189,6 +189,7 @@ def test_sigkill_mid_epoch_then_resubmit_resumes_from_checkpoint(tmp_path, beads
 
 
 @pytest.mark.slurm
+@pytest.mark.cluster_down
 def test_slurmd_restart_while_a_task_runs(tmp_path, beads, slurm_cluster, cleanup):
     """On this cluster (Slurm 22.05, no cgroups) slurmstepd outlives a slurmd restart: the task keeps
     training and completes normally, without a restart (documented in docs/schedulers.md)."""

@@ -304,6 +304,7 @@ def test_qsub_through_the_torque_wrapper(tmp_path, microbeads, cleanup):
 # --------------------------------------------------------------------------------------------- controller down
 
 
+@pytest.mark.cluster_down
 def test_controller_down_submit_fails_cleanly_and_status_says_unreachable(tmp_path, microbeads, slurm_cluster,
                                                                           cleanup):
     # held (pending): status must ask the scheduler about it all the same, and it trains nothing meanwhile

@@ -11,7 +11,7 @@
 # leaves nothing that looks finished), under one lock (concurrent callers wait, then reuse); each later
 # layer starts as a hard-linked copy of the one before, so they share disk space:
 #   $CACHE/base-<key>  mmdebstrap minbase + python3 + venv         key: suite + packages
-#   $CACHE/deps-<key>  base + venv + torch + install_requires       key: base + setup.cfg + pyproject.toml
+#   $CACHE/deps-<key>  base + venv + torch + install_requires       key: base + install_requires
 #                                                                      + torch pin
 #   $CACHE/<key>       deps + hpcseg from this checkout             key: deps + package sources + mount points
 # Each key also holds the code of the functions that build its layer (`declare -f`), so changing how a
@@ -74,12 +74,25 @@ ensure_tools() {
 }
 
 # ------------------------------------------------------------------------------------------------ keys
+# install_requires from setup.cfg, one a line, without torch, which goes in first and pinned.
+requirements() {
+    "$PY" - "$ROOT/setup.cfg" <<'EOF'
+import configparser, re, sys
+cfg = configparser.ConfigParser()
+cfg.read(sys.argv[1])
+for req in cfg["options"]["install_requires"].split("\n"):
+    if req.strip() and re.split(r"[<>=!~ \[;]", req.strip())[0].lower() != "torch":
+        print(req.strip())
+EOF
+}
 sha() { sha256sum | cut -c1-16; }
 # A layer's key holds the code that builds it (bash's own listing of the functions: comments and the
 # other functions do not count), the settings it reads, and the key of the layer below.
 base_key() { { declare -f build_base; echo "$SUITE minbase $BASE_PACKAGES"; } | sha; }
+# The dependency layer installs install_requires only: test extras, pytest settings or a version bump in
+# setup.cfg must not cost a torch reinstall (the project layer, keyed on setup.cfg itself, picks them up).
 deps_key() {
-    { base_key; declare -f build_deps ch_build collect_pip_config; cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml"
+    { base_key; declare -f build_deps ch_build collect_pip_config requirements; requirements
       echo "$TORCH_VERSION $TORCH_INDEX $IMAGE_PATH"; } | sha
 }
 # Content only (sorted names, fixed times and owners): the same checkout gives the same key anywhere.
@@ -143,15 +156,7 @@ build_deps() {
     # The image's environment: ch-run --set-env (no argument) reads it.
     mkdir -p "$tmp/ch"
     printf '%s\n' "PATH=$IMAGE_PATH" PYTHONNOUSERSITE=1 LC_ALL=C.UTF-8 HPCSEG_IN_CONTAINER=1 >"$tmp/ch/environment"
-    # install_requires from setup.cfg, without torch, which goes in first and pinned.
-    "$PY" - "$ROOT/setup.cfg" >"$tmp/opt-requirements.txt" <<'EOF' || die "cannot read install_requires from setup.cfg"
-import configparser, re, sys
-cfg = configparser.ConfigParser()
-cfg.read(sys.argv[1])
-for req in cfg["options"]["install_requires"].split("\n"):
-    if req.strip() and re.split(r"[<>=!~ \[;]", req.strip())[0].lower() != "torch":
-        print(req.strip())
-EOF
+    requirements >"$tmp/opt-requirements.txt" || die "cannot read install_requires from setup.cfg"
     mkdir -p "$tmp/opt/hpcseg" && mv "$tmp/opt-requirements.txt" "$tmp/opt/hpcseg/requirements.txt"
     say "installing torch==$TORCH_VERSION and hpcseg's dependencies into $VENV"
     local torch_extra=()
