@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from hpcseg.runs import Run, open_run
-from tests.test_schedulers_slurm import hpcseg, sacct_states, status_json, wait_ended
+from tests.test_schedulers_slurm import assert_sacct_completed, hpcseg, sacct_states, status_json, wait_ended
 
 PY = sys.executable
 N_IMAGES = 96
@@ -106,14 +106,6 @@ def epochs_in(task_dir: Path) -> list[int]:
 
 def started(task_dir: Path, rows: int = 2) -> Callable[[], bool]:
     return lambda: len(epochs_in(task_dir)) >= rows
-
-
-def assert_sacct_completed(job: str, timeout: float = 60) -> None:
-    """The job script writes exit_code a moment before Slurm (and later accounting) sees the job end."""
-    deadline = time.monotonic() + timeout
-    while set(states := sacct_states(job).values()) != {"COMPLETED"}:
-        assert time.monotonic() < deadline, f"sacct {job}: {states}"
-        time.sleep(0.3)
 
 
 # --------------------------------------------------------------------------------------------- Slurm

@@ -27,7 +27,7 @@ from hpcseg.schedulers.slurm import parse_sacct
 from hpcseg.status import StallRule, task_table
 from hpcseg.taskfiles import TaskView, read_task_view
 from tests.test_faults import beads, epochs_in, job_file, started, submit, wait_for  # noqa: F401  (beads: fixture)
-from tests.test_schedulers_slurm import hpcseg, status_json, wait_ended
+from tests.test_schedulers_slurm import assert_sacct_completed, hpcseg, status_json, wait_ended
 from tests.test_status import make_run, write_task
 
 RUNNING = JobState("running", "RUNNING", "node1", 10.0)
@@ -218,6 +218,7 @@ def test_slurm_restart_counts_both_attempts(tmp_path, beads, cleanup):  # noqa: 
     assert tasks[0]["state"] == "completed" and tasks[0]["requeues"] == 1, tasks
     # while Slurm held it (~10 s, BeginTime) after its exit 75: pending, never "preempted" and ended
     assert seen & {"pending", "requeued"} and seen <= {"running", "pending", "requeued", "completed"}, seen
+    assert_sacct_completed(job)  # accounting lags the exit_code file: compare times once it has caught up
     rc, data = status_json(run)
     assert data["scheduler"]["calls"] == 1, data["scheduler"]
     attempts = subprocess.run(["sacct", "-X", "-D", "-n", "-P", "-o", "State,ElapsedRaw", "-j", f"{job}_0"],

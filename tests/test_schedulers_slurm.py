@@ -72,6 +72,15 @@ def sacct_states(job: str) -> dict[str, str]:
     return dict(line.split("|")[:2] for line in p.stdout.split())
 
 
+def assert_sacct_completed(job: str, timeout: float = 60) -> None:
+    """The job script writes exit_code a moment before Slurm (and later accounting) sees the job end:
+    status may say completed while sacct still says RUNNING, the more so on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while set(states := sacct_states(job).values()) != {"COMPLETED"}:
+        assert time.monotonic() < deadline, f"sacct {job}: {states}"
+        time.sleep(0.3)
+
+
 
 # --------------------------------------------------------------------------------------------- sbatch
 
@@ -91,7 +100,7 @@ def test_sbatch_six_task_array_trains_and_collects(tmp_path, microbeads, cleanup
     for t in tasks:
         assert t["epoch"] == 2 and t["exit_code"] == 0 and t["node"].startswith("node")
         assert (run.dir / f"tasks/{t['model']}/fold_{t['fold']}/history.csv").read_text().count("\n") == 3
-    assert set(sacct_states(job).values()) == {"COMPLETED"}
+    assert_sacct_completed(job)
     # --then-collect: a dependent job (afterany) ran `hpcseg collect` on the finished run.
     deadline = time.monotonic() + 180
     while not (run.dir / "training_summary.csv").exists():
@@ -224,7 +233,7 @@ def test_submitit_trains_and_status_comes_from_sacct(tmp_path, microbeads, clean
     tasks, _ = wait_ended(run)
     assert [t["state"] for t in tasks] == ["completed"] * 3, tasks
     assert all(t["epoch"] == 2 and t["exit_code"] == 0 for t in tasks)
-    assert set(sacct_states(job).values()) == {"COMPLETED"}
+    assert_sacct_completed(job)
     assert (run.dir / "logs" / "submitit" / f"{job}_0_0_log.out").exists()
     sbatch = next((run.dir / "logs" / "submitit").glob("*submission.sh")).read_text()
     assert "#SBATCH --cpus-per-task=1" in sbatch and "#SBATCH --mem=2048M" in sbatch
@@ -293,7 +302,7 @@ def test_qsub_through_the_torque_wrapper(tmp_path, microbeads, cleanup):
     tasks, seen = wait_ended(run)
     assert [t["state"] for t in tasks] == ["completed"] * 3, tasks
     assert all(t["epoch"] == 2 for t in tasks)
-    assert set(sacct_states(m["native_ids"][0]).values()) == {"COMPLETED"}
+    assert_sacct_completed(m["native_ids"][0])
     # The collect job waited on the array through `qsub -W depend=afterany:ID`.
     deadline = time.monotonic() + 180
     while not (run.dir / "training_summary.csv").exists():
