@@ -13,6 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Two workers and Slurm jobs share two cores: an example's wall time says nothing about the code under
+# test, so no property test may fail on hypothesis' 200 ms deadline or its "too slow" health check.
+settings.register_profile("hpcseg", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("hpcseg")
 
 _REPO = Path(__file__).resolve().parents[1]
 _LOCAL_SLURM = _REPO / "scripts" / "local-slurm.sh"
