@@ -244,7 +244,7 @@ def task_table(run: Run, states: Mapping[str, JobState] | None, note: str | None
     flagged stalled (default :class:`StallRule`), judged at ``now`` (default: the clock).
     """
     m = run.manifest
-    epochs, metric, _, early = _settings(m)
+    epochs, metric, mode, early = _settings(m)
     views = views if views is not None else task_views(run)
     requeues = store_requeues(run, _requeue_counts(run, views, states))
     resubmits = resubmit_counts(m)
@@ -257,6 +257,10 @@ def task_table(run: Run, states: Mapping[str, JobState] | None, note: str | None
         js = states.get(native) if states and native else None
         if js is None and states:
             js = _array_level(states, m.get("native_ids") or [], run.dir / t["dir"], native)
+        if v.exit_code is None and js is not None and js.state in ENDED:
+            # The files were read before the poll, so a task may have ended in between: the scheduler
+            # saw the end after the job script wrote exit_code, so a second read now finds it.
+            v = read_task_view(f"{run.dir}/{t['dir']}", metric, mode, f"{_ref(run)}/{t['dir']}")
         ec = v.exit_code
         state, detail = _judge(run, k, ec, js, note)
         if v.damage and ec is None and not detail.startswith("exit"):

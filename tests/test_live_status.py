@@ -203,6 +203,30 @@ def test_exit_75_requeued_by_the_scheduler_is_not_ended(tmp_path):
         assert (t.state, t.ended) == (final, True), t
 
 
+def test_a_task_that_ends_between_the_file_read_and_the_poll_is_read_again(tmp_path):
+    """status reads the task files, then polls the scheduler: a task that ended in between has no
+    exit_code in what was read, but the scheduler says it ended, and the job script wrote the file
+    before the scheduler saw that end. Its files are read again: completed WITH its code 0, and a failed
+    task with its exit code, not 'no exit_code file'."""
+    from hpcseg.status import task_views
+
+    run = make_run(tmp_path)
+    for k in range(2):
+        write_task(run, k, epochs=3)
+    before = task_views(run)  # read while both still ran
+    for k, code in ((0, 0), (1, 1)):
+        (run.task_dir(k) / "exit_code").write_text(f"{code}\n")
+    ended = {"4242_0": JobState("completed", "COMPLETED", "node1", 30.0),
+             "4242_1": JobState("failed", "FAILED", "node1", 30.0)}
+    t0, t1 = task_table(run, ended, views=before)[:2]
+    assert (t0.state, t0.exit_code, t0.ended) == ("completed", 0, True), t0
+    assert (t1.state, t1.exit_code) == ("failed", 1) and t1.detail.startswith("exit 1"), t1
+    # still running by the scheduler's word: what was read stands (no second read for every poll)
+    (run.task_dir(0) / "exit_code").unlink()
+    again = task_table(run, {"4242_0": RUNNING}, views=task_views(run))[0]
+    assert (again.state, again.exit_code) == ("running", None), again
+
+
 @pytest.mark.slurm
 def test_slurm_restart_counts_both_attempts(tmp_path, beads, cleanup):  # noqa: F811
     """``scontrol requeue`` restarts a training element the way Slurm does after a node failure: the job
