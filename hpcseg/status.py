@@ -93,7 +93,7 @@ class TaskStatus:
 
     @property
     def ended(self) -> bool:
-        """An exit_code ends a task, unless the scheduler is bringing it back (a 75 it requeued itself)."""
+        """An exit_code ends a task, unless it is a 75 the scheduler still holds (requeued, or running)."""
         return (self.exit_code is not None and self.state not in NOT_OVER_AFTER_75) or self.state in ENDED
 
 
@@ -126,10 +126,9 @@ def _judge(run: Run, index: int, ec: int | None, js: JobState | None, note: str 
     cancelled = m.get("state") == "cancelled" or index in m.get("cancelled_tasks", [])
     if ec is not None:
         meaning = f"exit {ec}: {EXIT_MEANING.get(ec, 'failed')}"
-        if ec == 75 and not cancelled and js is not None and js.state in BACK_IN_QUEUE:
-            return js.state, f"exit 75 (checkpoint kept); the scheduler has requeued it ({js.native or js.state})"
-        if ec == 75 and not cancelled and js is not None and js.state == "running":
-            return "running", f"exit 75 (checkpoint kept); the scheduler still runs the job ({js.native or 'RUNNING'})"
+        if ec == 75 and not cancelled and js is not None and js.state in NOT_OVER_AFTER_75:
+            how = "still runs the job" if js.state == "running" else "has requeued it"
+            return js.state, f"exit 75 (checkpoint kept); the scheduler {how} ({js.native or js.state})"
         if ec == 0:
             return "completed", ""
         if cancelled or (js and js.state == "cancelled"):
