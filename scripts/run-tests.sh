@@ -7,8 +7,8 @@
 #    HPCSEG_SLURM_SKIP_REASON is exported and the `slurm` tests are skipped with that reason.
 # 2. Headless Chromium (scripts/browser.sh up) for the report's browser test; CI=true fails without it.
 #    Charliecloud's tools (singularity/charliecloud/build.sh --tools: apt-get when missing).
-# 3. pytest from the repository root, in two processes (pytest-xdist; HPCSEG_TEST_WORKERS); its exit status is ours, except that 5 (no tests collected) is a
-#    failure too.
+# 3. pytest from the repository root, in two processes (pytest-xdist; HPCSEG_TEST_WORKERS); its exit
+#    status is ours, except that 5 (no tests collected) is a failure too.
 #
 # The cluster is left running afterwards on purpose: the next run starts in well under a second instead of
 # ~10 s, and tests can be rerun one at a time. `make cluster-down` (scripts/local-slurm.sh down) stops it.
